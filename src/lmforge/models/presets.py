@@ -1,0 +1,55 @@
+"""Named model shapes: a preset is the set of `GPTConfig` fields that differ from the defaults.
+
+`gpt2` is the 124M GPT-2 shape (Radford et al., 2019); `smollm2-135m` is SmolLM2-135M (a Llama
+architecture: 30 layers, width 576, 9 query / 3 key-value heads, SwiGLU 1536, RMSNorm, RoPE theta
+100000, tied embeddings). The `-tiny` presets are for tests and laptop-CPU runs.
+"""
+
+from __future__ import annotations
+
+from lmforge.errors import UserError
+from lmforge.models.gpt import GPTConfig
+
+PRESETS: dict[str, dict] = {
+    "gpt2": dict(vocab_size=50257, hidden_size=768, num_layers=12, num_heads=12, max_seq_len=1024),
+    "gpt2-tiny": dict(
+        vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, max_seq_len=256, bias=False
+    ),
+    "llama-tiny": dict(
+        vocab_size=512,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=352,
+        max_seq_len=256,
+        position="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+    ),
+    "smollm2-135m": dict(
+        vocab_size=49152,
+        hidden_size=576,
+        num_layers=30,
+        num_heads=9,
+        num_kv_heads=3,
+        intermediate_size=1536,
+        max_seq_len=8192,
+        position="rope",
+        rope_theta=100000.0,
+        norm="rmsnorm",
+        mlp="swiglu",
+        bias=False,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> GPTConfig:
+    """The config of preset `name`, with fields replaced by `overrides` (validated again)."""
+    if name not in PRESETS:
+        raise UserError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    try:
+        return GPTConfig(**{**PRESETS[name], **overrides})
+    except (TypeError, ValueError) as e:
+        raise UserError(f"bad model config: {e}") from None

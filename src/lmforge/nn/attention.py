@@ -1,0 +1,142 @@
+"""Multi-head attention with grouped-query heads and a preallocated KV cache.
+
+Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V   (Vaswani et al., 2017, eq. 1)
+
+- Grouped-query attention (Ainslie et al., 2023): `num_kv_heads` key/value heads are shared by groups
+  of `num_heads / num_kv_heads` query heads; `num_kv_heads == num_heads` is ordinary multi-head
+  attention, `num_kv_heads == 1` is multi-query attention.
+- The kernel is `torch.nn.functional.scaled_dot_product_attention`, which picks a fused
+  (flash / memory-efficient) implementation for the device.
+- The same block serves causal self-attention (decoders), bidirectional self-attention (encoders)
+  and cross-attention (encoder-decoders, `kv_input` given).
+- `KVCache` holds keys and values of earlier positions in tensors allocated once for the whole
+  generation, so decoding a token writes one slot per layer instead of concatenating.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.nn.rope import apply_rotary
+
+
+class KVCache:
+    """Keys and values of every layer for `batch_size` sequences of up to `max_len` positions."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        shape = (num_layers, batch_size, num_kv_heads, max_len, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+        self.length = 0  # positions filled so far (the same for every layer once a step is done)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v of shape (B, Hkv, T, D) after the filled positions; return all of them."""
+        start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, Hkv, S, D)
+
+    def advance(self, num_positions: int) -> None:
+        """Mark `num_positions` more positions as filled (called once per forward pass)."""
+        self.length += num_positions
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the sequences `index` (for beam search or dropping finished rows)."""
+        self.keys = self.keys[:, index]
+        self.values = self.values[:, index]
+
+
+class Attention(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads or num_heads
+        self.head_dim = head_dim or hidden_size // num_heads
+        if num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=bias)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
+        causal: bool = True,
+        cache: KVCache | None = None,
+        layer_index: int = 0,
+    ) -> torch.Tensor:
+        """Self-attention over x of shape (B, T, C).
+
+        mask: optional boolean (B, 1, T, S) or (T, S), True where a query may attend to a key; S is
+        the number of keys (cached + new). Without a mask, `causal` selects a lower-triangular mask
+        aligned to the end of the keys (so it also holds when a cache precedes the new tokens).
+        """
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer_index, k, v)  # (B, Hkv, S, D)
+        y = self._attend(q, k, v, mask, causal)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*D)
+        return self.o_proj(y)
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        causal: bool,
+    ) -> torch.Tensor:
+        T, S = q.size(2), k.size(2)
+        is_causal = False
+        if mask is None and causal and T > 1:
+            if T == S:
+                is_causal = True  # the fused kernels' own causal mask
+            else:  # new tokens after S - T cached ones: query i sees keys up to S - T + i
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+        if self.num_kv_heads != self.num_heads:
+            groups = self.num_heads // self.num_kv_heads
+            k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+            v = v.repeat_interleave(groups, dim=1)  # (B, H, S, D)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )

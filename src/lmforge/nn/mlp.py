@@ -1,0 +1,35 @@
+"""Position-wise feed-forward blocks.
+
+- GeluMLP (GPT-2, BERT): down_proj(gelu(up_proj(x))) with the tanh approximation of GELU
+  (Hendrycks & Gimpel, 2016) that GPT-2 was trained with.
+- SwiGLUMLP (Shazeer, 2020, "GLU Variants Improve Transformer"; Llama):
+  down_proj(silu(gate_proj(x)) * up_proj(x)).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "tanh") -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate))
+
+
+class SwiGLUMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

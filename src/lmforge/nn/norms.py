@@ -1,0 +1,34 @@
+"""Normalisation layers.
+
+- LayerNorm (Ba et al., 2016): y = (x - mean) / sqrt(var + eps) * w + b, as in GPT-2 and BERT.
+- RMSNorm (Zhang & Sennrich, 2019): y = x / sqrt(mean(x^2) + eps) * w, as in Llama and T5 (T5 calls
+  it "LayerNorm without mean subtraction"). The mean of squares is taken in fp32 for stability.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        y = F.rms_norm(x.float(), (x.size(-1),), None, self.eps)
+        return self.weight * y.to(x.dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
+    """A `layernorm` (with or without bias) or an `rmsnorm` of width `dim`."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, eps=eps, bias=bias)
+    if kind == "rmsnorm":
+        return RMSNorm(dim, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}")
