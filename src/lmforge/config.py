@@ -87,7 +87,7 @@ def build(cls: type[T], data: dict | None, where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(fields)
-        raise UserError(f"unknown config key {where}{unknown[0]!r}; known keys: {known}")
+        raise UserError(f"unknown config key '{where}{unknown[0]}'; known keys: {known}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}{name}")

@@ -1,0 +1,145 @@
+"""`lmforge <command>`: parse arguments and hand a typed config to recipes/<command>.py.
+
+Every error a user can cause is a `UserError`: it is printed as one line, `error: ...`, and the
+process exits with status 2. Recipes are imported only when their command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lmforge.errors import UserError
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1] (default 1)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeats")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmforge", description="Train, load, fine-tune, evaluate and use transformer LMs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="the whole pipeline on Shakespeare in ~5 CPU minutes")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--minutes", type=float, default=5.0, help="time budget (default 5)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (default: fit the budget)")
+    p.add_argument("--source", default="shakespeare", help="offline source or text files")
+    p.add_argument("--vocab-size", type=int, default=2048)
+
+    p = sub.add_parser("tokenizer", help="train tokenizers")
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("train", help="train a byte-level BPE (or char) tokenizer")
+    t.add_argument("--input", required=True, help="text files, globs or a source name")
+    t.add_argument("--vocab-size", type=int, default=4096)
+    t.add_argument("--kind", choices=["bpe", "char"], default="bpe")
+    t.add_argument("--out", required=True, help="directory for tokenizer.json")
+
+    p = sub.add_parser("data", help="offline data sources")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dsub.add_parser("list", help="list the offline sources")
+    f = dsub.add_parser("fetch", help="fetch a source into the cache")
+    f.add_argument("name")
+
+    p = sub.add_parser("prepare", help="tokenize text into train/val token shards")
+    p.add_argument("--input", required=True, help="text files, globs or a source name")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory or `gpt2`")
+    p.add_argument("--out", required=True, help="data directory to write")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+
+    p = sub.add_parser(
+        "pretrain", help="pre-train a model",
+        description="Pre-train a model. Any config field can be set as --section.key=value, "
+        "e.g. --model.preset=llama-tiny --train.max_steps=500 --data.dir=data/shakespeare.",
+    )
+    p.add_argument("--config", help="YAML run file with model/data/train sections")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("generate", help="continue prompts with a trained model")
+    p.add_argument("--model", required=True, help="model or run directory")
+    p.add_argument("--prompt", action="append", default=[], help="prompt (repeat for a batch)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
+    _add_sampling_args(p)
+
+    sub.add_parser("presets", help="list the model presets with size and FLOPs per token")
+    return parser
+
+
+def run(args: argparse.Namespace, extra: list[str]) -> int:
+    if extra and args.command != "pretrain":
+        raise UserError(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "quickstart":
+        from lmforge.recipes import quickstart
+
+        quickstart.main(quickstart.QuickstartConfig(
+            args.out, args.minutes, args.steps, args.source, args.vocab_size))
+    elif args.command == "tokenizer":
+        from lmforge.recipes import tokenizer
+
+        tokenizer.main(tokenizer.TokenizerTrainConfig(
+            args.input, args.out, args.vocab_size, args.kind))
+    elif args.command == "data":
+        from lmforge.recipes import data
+
+        data.list_main() if args.action == "list" else data.fetch_main(args.name)
+    elif args.command == "prepare":
+        from lmforge.recipes import prepare
+
+        prepare.main(prepare.PrepareConfig(args.input, args.tokenizer, args.out, args.val_fraction))
+    elif args.command == "pretrain":
+        from lmforge.recipes import pretrain
+
+        cfg = pretrain.load_config(args.config, extra, Path(args.out), args.resume)
+        pretrain.main(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
+    elif args.command == "generate":
+        from lmforge.infer import SamplingParams
+        from lmforge.recipes import generate
+
+        params = SamplingParams(args.temperature, args.top_k, args.top_p,
+                                args.repetition_penalty, args.max_new_tokens, args.seed)
+        generate.main(generate.GenerateConfig(
+            args.model, args.prompt, params, args.stop, args.device, args.ignore_eos))
+    elif args.command == "presets":
+        from lmforge.models import GPT, PRESETS, get_preset
+
+        for name in PRESETS:
+            import torch
+
+            with torch.device("meta"):
+                model = GPT(get_preset(name))
+            print(f"{name:<14} {model.num_params() / 1e6:8.2f}M params  "
+                  f"{model.flops_per_token() / 1e9:7.3f} GFLOPs/token (training, full context)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        return run(args, extra)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

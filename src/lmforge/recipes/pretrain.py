@@ -1,0 +1,195 @@
+"""`lmforge pretrain`: pre-train a decoder language model on prepared token shards.
+
+    lmforge prepare --input shakespeare --tokenizer tok/ --out data/shakespeare
+    lmforge pretrain --config run.yaml --out runs/first [--train.lr=3e-4 ...] [--resume]
+
+The run directory ends up holding config.yaml, metrics.jsonl, checkpoints/, loss.png, report.md and
+the final model (config.json, model.safetensors, tokenizer.json), so `lmforge generate --model RUN`
+uses it as it is.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmforge import config as configlib
+from lmforge.data.shards import TokenData
+from lmforge.device import resolve_device, resolve_precision
+from lmforge.errors import UserError
+from lmforge.fileio import write_text_atomic
+from lmforge.infer import SamplingParams, generate
+from lmforge.models import GPT, GPTConfig, get_preset
+from lmforge.models.loading import check_vocab, save_model
+from lmforge.tokenizer import Tokenizer
+from lmforge.train.dist import DistInfo, barrier, init_distributed, shutdown
+from lmforge.train.loop import TrainConfig, TrainResult, train
+from lmforge.train.losses import OBJECTIVES
+from lmforge.train.metrics import plot_loss_curves
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""
+    """Prepared data directory (from `lmforge prepare`)."""
+
+
+@dataclass
+class PretrainConfig:
+    model: GPTConfig = field(default_factory=lambda: get_preset("gpt2-tiny"))
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def build_config(raw: dict) -> PretrainConfig:
+    """Build a PretrainConfig from a nested mapping (YAML merged with overrides).
+
+    Unless the model section sets `vocab_size`, it is taken from the prepared data's tokenizer.
+    """
+    raw = dict(raw)
+    model_raw = raw.get("model", {})
+    if isinstance(model_raw, str):
+        model_raw = {"preset": model_raw}
+    model_raw = dict(model_raw)
+    data_dir = (raw.get("data") or {}).get("dir")
+    if "vocab_size" not in model_raw and data_dir:
+        model_raw["vocab_size"] = TokenData.open(Path(data_dir)).vocab_size
+    model_raw.setdefault("preset", "gpt2-tiny")
+    raw["model"] = model_raw
+    return configlib.build(PretrainConfig, raw)
+
+
+def load_config(config_file: str | None, overrides: list[str], run_dir: Path, resume: bool):
+    """The run's config: a resumed run starts from its saved config.yaml, then file, overrides."""
+    raw: dict = {}
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file():
+        raw = configlib.load_yaml(saved)
+    if config_file:
+        raw = configlib.merge(raw, configlib.load_yaml(config_file))
+    raw = configlib.merge(raw, configlib.parse_overrides(overrides))
+    return build_config(raw)
+
+
+def main(cfg: PretrainConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
+         quiet: bool = False) -> TrainResult:
+    """Pre-train; returns the TrainResult (on every rank). `quiet` skips samples and messages."""
+    run_dir = Path(out)
+    if not cfg.data.dir:
+        raise UserError("no data: set data.dir (e.g. --data.dir=data/shakespeare from `lmforge prepare`)")
+    if cfg.train.objective not in OBJECTIVES:
+        raise UserError(f"unknown objective {cfg.train.objective!r}; choose from {list(OBJECTIVES)}")
+    data = TokenData.open(Path(cfg.data.dir))
+    tokenizer = Tokenizer.from_file(Path(cfg.data.dir))
+    check_vocab(tokenizer, cfg.model, cfg.data.dir)
+    if data.vocab_size > cfg.model.vocab_size:
+        raise UserError(f"data has token ids up to {data.vocab_size - 1} but model.vocab_size is "
+                        f"{cfg.model.vocab_size}")
+    if resume and not (run_dir / "checkpoints").is_dir():
+        raise UserError(f"nothing to resume: {run_dir} has no checkpoints")
+    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+
+    device = resolve_device(cfg.train.device)
+    dist = init_distributed(device)
+    try:
+        return _run(cfg, run_dir, data, tokenizer, resume, dist, show_progress, quiet)
+    finally:
+        shutdown(dist)
+
+
+def _run(cfg, run_dir: Path, data, tokenizer, resume: bool, dist: DistInfo, show_progress: bool,
+         quiet: bool) -> TrainResult:
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model)
+    device = resolve_device(cfg.train.device)
+    dtype = resolve_precision(cfg.train.precision, device)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+    if dist.is_main and not quiet:
+        print(
+            f"model: {model.num_params() / 1e6:.2f}M parameters, "
+            f"{model.flops_per_token(cfg.train.block_size) / 1e6:.1f} MFLOPs/token (training); "
+            f"data: {data.num_tokens('train'):,} train / {data.num_tokens('val'):,} val tokens; "
+            f"device {device.type}, {str(dtype).removeprefix('torch.')}, "
+            f"{dist.world_size} process(es)"
+        )
+    barrier(dist)
+    result = train(model, OBJECTIVES[cfg.train.objective], data, cfg.train, run_dir,
+                   resume=resume, dist=dist, show_progress=show_progress)
+    if dist.is_main and not quiet:
+        model.eval()
+        save_model(model, run_dir, tokenizer)
+        plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
+        samples = sample_texts(model, tokenizer)
+        write_report(run_dir, cfg, model, data, result, samples, dtype)
+        print(f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
+              f"{result.tokens_per_second:,.0f} tokens/s -> {run_dir}")
+    barrier(dist)
+    return result
+
+
+def sample_texts(model: GPT, tokenizer, prompts=("\n", "ROMEO:", "The "), max_new_tokens=96,
+                 seed: int = 0) -> list[tuple[str, str]]:
+    """A few sampled continuations, for the report."""
+    prompts = [p for p in prompts if _encodable(tokenizer, p)] or ["\n"]
+    params = SamplingParams(temperature=0.8, top_k=50, max_new_tokens=max_new_tokens, seed=seed)
+    outs = generate(model, tokenizer, list(prompts), params)
+    return list(zip(prompts, outs))
+
+
+def _encodable(tokenizer, text: str) -> bool:
+    try:
+        return len(tokenizer.encode(text)) > 0
+    except UserError:
+        return False
+
+
+def write_report(run_dir: Path, cfg: PretrainConfig, model: GPT, data, result: TrainResult,
+                 samples: list[tuple[str, str]], dtype: torch.dtype) -> None:
+    meta = data.meta if hasattr(data, "meta") else {}
+    sources = meta.get("sources") or []
+    source_lines = [f"- {s.get('name')}: {s.get('package')}=={s.get('version')}, licence "
+                    f"{s.get('licence')}, sha256 `{str(s.get('sha256'))[:16]}…`" for s in sources]
+    val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    lines = [
+        f"# Pre-training report: {run_dir.name}",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.node() or 'this machine'} "
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {str(dtype).removeprefix('torch.')}).",
+        "",
+        "## Result",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| steps | {result.steps:,} |",
+        f"| tokens seen | {result.tokens:,} |",
+        f"| final train loss | {result.train_loss:.4f} |",
+        f"| validation loss | {val} |",
+        f"| throughput | {result.tokens_per_second:,.0f} tokens/s |",
+        f"| wall time (training) | {result.seconds:.1f} s |",
+        f"| parameters | {model.num_params():,} ({model.num_params(non_embedding=True):,} non-embedding) |",
+        f"| training FLOPs/token | {model.flops_per_token(cfg.train.block_size) / 1e6:.2f} M |",
+        "",
+        "![loss curve](loss.png)",
+        "",
+        "## Data",
+        "",
+        f"- directory: `{cfg.data.dir}`",
+        f"- tokens: {data.num_tokens('train'):,} train, {data.num_tokens('val'):,} validation",
+        f"- vocabulary: {data.vocab_size} tokens",
+        *source_lines,
+        "",
+        "## Samples (temperature 0.8, top-k 50)",
+        "",
+    ]
+    for prompt, text in samples:
+        lines += [f"Prompt `{prompt!r}`:", "", "```", (prompt + text).strip("\n"), "```", ""]
+    lines += ["## Config", "", "```yaml", configlib.dump_yaml(cfg).rstrip(), "```", ""]
+    write_text_atomic(run_dir / "report.md", "\n".join(lines))
