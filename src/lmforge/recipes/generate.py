@@ -27,7 +27,8 @@ class GenerateConfig:
     """Keep generating past the end-of-text token."""
 
 
-def main(cfg: GenerateConfig, out=sys.stdout) -> list[str]:
+def main(cfg: GenerateConfig, out=None) -> list[str]:
+    out = out or sys.stdout
     if not cfg.prompts:
         raise UserError("give at least one --prompt")
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))

@@ -12,6 +12,7 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")

@@ -1,0 +1,21 @@
+"""Tokenizers: byte-level BPE, GPT-2's BPE and character-level, all saved as one `tokenizer.json`.
+
+- `core.py`   the `Tokenizer` wrapper (encode/decode, save/load, fingerprint) and `load_tokenizer`
+- `train.py`  `train_bpe` (byte-level BPE) and `train_char` (nanoGPT's character vocabulary)
+- `gpt2.py`   GPT-2's tokenizer rebuilt offline from the `gpt2.tiktoken` ranks file
+"""
+
+from lmforge.tokenizer.core import EOS_TOKEN, Tokenizer, load_tokenizer
+from lmforge.tokenizer.gpt2 import gpt2_tokenizer, load_gpt2_tokenizer
+from lmforge.tokenizer.train import DEFAULT_SPECIAL_TOKENS, train_bpe, train_char
+
+__all__ = [
+    "DEFAULT_SPECIAL_TOKENS",
+    "EOS_TOKEN",
+    "Tokenizer",
+    "gpt2_tokenizer",
+    "load_gpt2_tokenizer",
+    "load_tokenizer",
+    "train_bpe",
+    "train_char",
+]
