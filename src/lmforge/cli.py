@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
 
     p = sub.add_parser(
-        "pretrain", help="pre-train a model",
+        "pretrain",
+        help="pre-train a model",
         description="Pre-train a model. Any config field can be set as --section.key=value, "
         "e.g. --model.preset=llama-tiny --train.max_steps=500 --data.dir=data/shakespeare.",
     )
@@ -84,13 +85,17 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "quickstart":
         from lmforge.recipes import quickstart
 
-        quickstart.main(quickstart.QuickstartConfig(
-            args.out, args.minutes, args.steps, args.source, args.vocab_size))
+        quickstart.main(
+            quickstart.QuickstartConfig(
+                args.out, args.minutes, args.steps, args.source, args.vocab_size
+            )
+        )
     elif args.command == "tokenizer":
         from lmforge.recipes import tokenizer
 
-        tokenizer.main(tokenizer.TokenizerTrainConfig(
-            args.input, args.out, args.vocab_size, args.kind))
+        tokenizer.main(
+            tokenizer.TokenizerTrainConfig(args.input, args.out, args.vocab_size, args.kind)
+        )
     elif args.command == "data":
         from lmforge.recipes import data
 
@@ -108,10 +113,19 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         from lmforge.infer import SamplingParams
         from lmforge.recipes import generate
 
-        params = SamplingParams(args.temperature, args.top_k, args.top_p,
-                                args.repetition_penalty, args.max_new_tokens, args.seed)
-        generate.main(generate.GenerateConfig(
-            args.model, args.prompt, params, args.stop, args.device, args.ignore_eos))
+        params = SamplingParams(
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.repetition_penalty,
+            args.max_new_tokens,
+            args.seed,
+        )
+        generate.main(
+            generate.GenerateConfig(
+                args.model, args.prompt, params, args.stop, args.device, args.ignore_eos
+            )
+        )
     elif args.command == "presets":
         from lmforge.models import GPT, PRESETS, get_preset
 
@@ -120,8 +134,10 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
             with torch.device("meta"):
                 model = GPT(get_preset(name))
-            print(f"{name:<14} {model.num_params() / 1e6:8.2f}M params  "
-                  f"{model.flops_per_token() / 1e9:7.3f} GFLOPs/token (training, full context)")
+            print(
+                f"{name:<14} {model.num_params() / 1e6:8.2f}M params  "
+                f"{model.flops_per_token() / 1e9:7.3f} GFLOPs/token (training, full context)"
+            )
     return 0
 
 

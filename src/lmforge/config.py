@@ -37,7 +37,9 @@ def load_yaml(path: str | Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must be a mapping of sections, got {type(data).__name__}")
+        raise UserError(
+            f"config file {path} must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 
@@ -116,9 +118,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            if len(options) < len(typing.get_args(tp)):
-                return None
+        is_none = value is None or (
+            isinstance(value, str) and value.lower() in ("none", "null", "")
+        )
+        if is_none and len(options) < len(typing.get_args(tp)):
+            return None
         return _coerce(options[0], value, where)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, str):
@@ -146,7 +150,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return (
+                int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            )
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError

@@ -91,7 +91,9 @@ def read_text_input(path: str | Path) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid UTF-8 text (byte {e.start}); convert it to UTF-8") from None
+        raise UserError(
+            f"{path} is not valid UTF-8 text (byte {e.start}); convert it to UTF-8"
+        ) from None
     if not text.strip():
         raise UserError(f"input file is empty: {path}")
     return text

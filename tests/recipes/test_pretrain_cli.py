@@ -16,8 +16,15 @@ def test_pretrain_lowers_the_loss_and_writes_the_run_directory(trained_run):
     val = [r["val_loss"] for r in recs if "val_loss" in r]
     assert train[-1] < 0.6 * train[0]
     assert val[-1] < val[0]
-    for name in ("config.yaml", "config.json", "model.safetensors", "tokenizer.json", "loss.png",
-                 "report.md", "checkpoints/latest"):
+    for name in (
+        "config.yaml",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "loss.png",
+        "report.md",
+        "checkpoints/latest",
+    ):
         assert (trained_run / name).exists(), name
     report = (trained_run / "report.md").read_text()
     assert "validation loss" in report and "![loss curve](loss.png)" in report
@@ -47,8 +54,21 @@ def test_generate_batch_of_prompts_greedy(trained_run, capsys):
 
 
 def test_generate_stop_string_and_seed(trained_run, capsys):
-    base = ["generate", "--model", str(trained_run), "--prompt", "The", "--max-new-tokens", "40",
-            "--top-p", "0.9", "--top-k", "20", "--repetition-penalty", "1.1"]
+    base = [
+        "generate",
+        "--model",
+        str(trained_run),
+        "--prompt",
+        "The",
+        "--max-new-tokens",
+        "40",
+        "--top-p",
+        "0.9",
+        "--top-k",
+        "20",
+        "--repetition-penalty",
+        "1.1",
+    ]
     assert cli([*base, "--seed", "3"]) == 0
     first = capsys.readouterr().out
     assert cli([*base, "--seed", "3"]) == 0

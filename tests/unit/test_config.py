@@ -9,16 +9,23 @@ from lmforge.train.loop import TrainConfig
 
 
 def test_overrides_parse_into_a_tree():
-    tree = configlib.parse_overrides(["--train.lr=3e-4", "--model.preset", "llama-tiny", "--train.compile=true"])
+    tree = configlib.parse_overrides(
+        ["--train.lr=3e-4", "--model.preset", "llama-tiny", "--train.compile=true"]
+    )
     assert tree == {"train": {"lr": "3e-4", "compile": "true"}, "model": {"preset": "llama-tiny"}}
 
 
 def test_build_coerces_types_and_applies_presets():
-    cfg = configlib.build(PretrainConfig, {
-        "model": {"preset": "llama-tiny", "num_layers": "6"},
-        "train": {"lr": "3e-4", "compile": "true", "max_steps": "1e3"},
-    })
-    assert cfg.model.num_layers == 6 and cfg.model.position == "rope" and cfg.model.num_kv_heads == 2
+    cfg = configlib.build(
+        PretrainConfig,
+        {
+            "model": {"preset": "llama-tiny", "num_layers": "6"},
+            "train": {"lr": "3e-4", "compile": "true", "max_steps": "1e3"},
+        },
+    )
+    assert (
+        cfg.model.num_layers == 6 and cfg.model.position == "rope" and cfg.model.num_kv_heads == 2
+    )
     assert cfg.train.lr == 3e-4 and cfg.train.compile is True and cfg.train.max_steps == 1000
 
 

@@ -23,18 +23,43 @@ def periodic_data(vocab: int = 32) -> TokenData:
     stream = np.tile(pattern, 400)
     noise = rng.random(stream.size) < 0.05
     stream[noise] = rng.integers(0, vocab, noise.sum())
-    return TokenData.from_arrays(stream[:8000].astype(np.uint16), stream[8000:].astype(np.uint16), vocab)
+    return TokenData.from_arrays(
+        stream[:8000].astype(np.uint16), stream[8000:].astype(np.uint16), vocab
+    )
 
 
 def tiny_model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(get_preset("llama-tiny", vocab_size=32, hidden_size=32, num_layers=2, num_heads=2,
-                          num_kv_heads=1, intermediate_size=64, max_seq_len=32, dropout=0.1))
+    return GPT(
+        get_preset(
+            "llama-tiny",
+            vocab_size=32,
+            hidden_size=32,
+            num_layers=2,
+            num_heads=2,
+            num_kv_heads=1,
+            intermediate_size=64,
+            max_seq_len=32,
+            dropout=0.1,
+        )
+    )
 
 
-CFG = TrainConfig(max_steps=24, batch_size=4, block_size=16, lr=3e-3, warmup_steps=4,
-                  eval_interval=8, eval_batches=4, log_interval=1, checkpoint_interval=8,
-                  device="cpu", precision="fp32", grad_accum=2, decay_steps=24)
+CFG = TrainConfig(
+    max_steps=24,
+    batch_size=4,
+    block_size=16,
+    lr=3e-3,
+    warmup_steps=4,
+    eval_interval=8,
+    eval_batches=4,
+    log_interval=1,
+    checkpoint_interval=8,
+    device="cpu",
+    precision="fp32",
+    grad_accum=2,
+    decay_steps=24,
+)
 
 
 def losses(run_dir) -> list[tuple[int, float]]:
@@ -52,8 +77,14 @@ def test_schedule_warmup_cosine_floor():
 
 def test_loss_falls(tmp_path):
     data = periodic_data()
-    result = train(tiny_model(), causal_lm_loss, data, replace(CFG, max_steps=60, decay_steps=None, lr=1e-2), tmp_path,
-                   show_progress=False)
+    result = train(
+        tiny_model(),
+        causal_lm_loss,
+        data,
+        replace(CFG, max_steps=60, decay_steps=None, lr=1e-2),
+        tmp_path,
+        show_progress=False,
+    )
     curve = [v for s, v in losses(tmp_path) if s <= 5]
     assert result.val_loss < 0.7 * curve[0]
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_0000060"
@@ -65,7 +96,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
     train(tiny_model(), causal_lm_loss, data, CFG, full, show_progress=False)
     # stop at step 16 (as if killed after that checkpoint), then resume in a fresh model
     train(tiny_model(), causal_lm_loss, data, replace(CFG, max_steps=16), part, show_progress=False)
-    (part / "metrics.jsonl").open("a").write('{"step": 17, "loss": 99.0}\n{"trunc')  # a killed write
+    (part / "metrics.jsonl").open("a").write(
+        '{"step": 17, "loss": 99.0}\n{"trunc'
+    )  # a killed write
     train(tiny_model(seed=123), causal_lm_loss, data, CFG, part, resume=True, show_progress=False)
     a, b = losses(full), losses(part)
     assert [s for s, _ in a] == [s for s, _ in b]
@@ -78,7 +111,9 @@ def test_checkpoint_round_trip_and_pruning(tmp_path):
     model(torch.randint(0, 32, (2, 8))).sum().backward()
     opt.step()
     for step in (1, 2, 3):
-        ckpt.save_checkpoint(tmp_path, step, model, opt, {"tokens": step}, {"cpu.0": torch.get_rng_state()}, keep=2)
+        ckpt.save_checkpoint(
+            tmp_path, step, model, opt, {"tokens": step}, {"cpu.0": torch.get_rng_state()}, keep=2
+        )
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_0000002", "step_0000003"]
     other = tiny_model(seed=5)
     opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
@@ -104,7 +139,13 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path):
 
 
 def test_no_temporary_files_left_behind(tmp_path):
-    train(tiny_model(), causal_lm_loss, periodic_data(), replace(CFG, max_steps=8), tmp_path,
-          show_progress=False)
+    train(
+        tiny_model(),
+        causal_lm_loss,
+        periodic_data(),
+        replace(CFG, max_steps=8),
+        tmp_path,
+        show_progress=False,
+    )
     leftovers = [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
     assert leftovers == []

@@ -87,8 +87,14 @@ def stream_batch(
     yield [s.finish() for s in states]
 
 
-def stream(model: nn.Module, tokenizer, prompt: str, params: SamplingParams | None = None,
-           stop: Sequence[str] = (), ignore_eos: bool = False) -> Iterator[str]:
+def stream(
+    model: nn.Module,
+    tokenizer,
+    prompt: str,
+    params: SamplingParams | None = None,
+    stop: Sequence[str] = (),
+    ignore_eos: bool = False,
+) -> Iterator[str]:
     """Yield the continuation of one prompt piece by piece."""
     for pieces in stream_batch(model, tokenizer, [prompt], params, stop, ignore_eos):
         if pieces[0]:

@@ -45,7 +45,9 @@ def load_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is corrupt or truncated ({reason}); re-create or re-download it") from None
+        raise UserError(
+            f"{path} is corrupt or truncated ({reason}); re-create or re-download it"
+        ) from None
 
 
 def load_model_state(model: GPT, state: dict[str, torch.Tensor], source: Path) -> None:

@@ -102,8 +102,12 @@ class Attention(nn.Module):
         """
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        k = (
+            self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, T, D)
+        v = (
+            self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        )  # (B, Hkv, T, D)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -18,5 +18,7 @@ def fetch_main(name: str) -> None:
     record = source_record(path) or {}
     files = record.get("files", [])
     total = sum(f.get("bytes", 0) for f in files)
-    print(f"{name}: {len(files)} file(s), {total / 1e6:.1f} MB, licence {record.get('licence')} "
-          f"-> {path}")
+    print(
+        f"{name}: {len(files)} file(s), {total / 1e6:.1f} MB, licence {record.get('licence')} "
+        f"-> {path}"
+    )

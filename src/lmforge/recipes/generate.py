@@ -37,7 +37,9 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     if streaming:
         out.write(cfg.prompts[0])
         out.flush()
-    for pieces in stream_batch(model, tokenizer, cfg.prompts, cfg.sampling, cfg.stop, cfg.ignore_eos):
+    for pieces in stream_batch(
+        model, tokenizer, cfg.prompts, cfg.sampling, cfg.stop, cfg.ignore_eos
+    ):
         texts = [t + p for t, p in zip(texts, pieces)]
         if streaming and pieces[0]:
             out.write(pieces[0])

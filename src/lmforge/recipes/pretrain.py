@@ -75,24 +75,41 @@ def load_config(config_file: str | None, overrides: list[str], run_dir: Path, re
     return build_config(raw)
 
 
-def main(cfg: PretrainConfig, out: str | Path, resume: bool = False, show_progress: bool = True,
-         quiet: bool = False) -> TrainResult:
+def main(
+    cfg: PretrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    show_progress: bool = True,
+    quiet: bool = False,
+) -> TrainResult:
     """Pre-train; returns the TrainResult (on every rank). `quiet` skips samples and messages."""
     run_dir = Path(out)
     if not cfg.data.dir:
-        raise UserError("no data: set data.dir (e.g. --data.dir=data/shakespeare from `lmforge prepare`)")
+        raise UserError(
+            "no data: set data.dir (e.g. --data.dir=data/shakespeare from `lmforge prepare`)"
+        )
     if cfg.train.objective not in OBJECTIVES:
-        raise UserError(f"unknown objective {cfg.train.objective!r}; choose from {list(OBJECTIVES)}")
+        raise UserError(
+            f"unknown objective {cfg.train.objective!r}; choose from {list(OBJECTIVES)}"
+        )
     data = TokenData.open(Path(cfg.data.dir))
     tokenizer = Tokenizer.from_file(Path(cfg.data.dir))
     check_vocab(tokenizer, cfg.model, cfg.data.dir)
     if data.vocab_size > cfg.model.vocab_size:
-        raise UserError(f"data has token ids up to {data.vocab_size - 1} but model.vocab_size is "
-                        f"{cfg.model.vocab_size}")
+        raise UserError(
+            f"data has token ids up to {data.vocab_size - 1} but model.vocab_size is "
+            f"{cfg.model.vocab_size}"
+        )
     if resume and not (run_dir / "checkpoints").is_dir():
         raise UserError(f"nothing to resume: {run_dir} has no checkpoints")
-    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or pick another --out")
+    if (
+        not resume
+        and (run_dir / "checkpoints").is_dir()
+        and any((run_dir / "checkpoints").iterdir())
+    ):
+        raise UserError(
+            f"{run_dir} already holds a run; pass --resume to continue it or pick another --out"
+        )
 
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
@@ -102,8 +119,16 @@ def main(cfg: PretrainConfig, out: str | Path, resume: bool = False, show_progre
         shutdown(dist)
 
 
-def _run(cfg, run_dir: Path, data, tokenizer, resume: bool, dist: DistInfo, show_progress: bool,
-         quiet: bool) -> TrainResult:
+def _run(
+    cfg,
+    run_dir: Path,
+    data,
+    tokenizer,
+    resume: bool,
+    dist: DistInfo,
+    show_progress: bool,
+    quiet: bool,
+) -> TrainResult:
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
     device = resolve_device(cfg.train.device)
@@ -120,22 +145,33 @@ def _run(cfg, run_dir: Path, data, tokenizer, resume: bool, dist: DistInfo, show
             f"{dist.world_size} process(es)"
         )
     barrier(dist)
-    result = train(model, OBJECTIVES[cfg.train.objective], data, cfg.train, run_dir,
-                   resume=resume, dist=dist, show_progress=show_progress)
+    result = train(
+        model,
+        OBJECTIVES[cfg.train.objective],
+        data,
+        cfg.train,
+        run_dir,
+        resume=resume,
+        dist=dist,
+        show_progress=show_progress,
+    )
     if dist.is_main and not quiet:
         model.eval()
         save_model(model, run_dir, tokenizer)
         plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
         samples = sample_texts(model, tokenizer)
         write_report(run_dir, cfg, model, data, result, samples, dtype)
-        print(f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
-              f"{result.tokens_per_second:,.0f} tokens/s -> {run_dir}")
+        print(
+            f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
+            f"{result.tokens_per_second:,.0f} tokens/s -> {run_dir}"
+        )
     barrier(dist)
     return result
 
 
-def sample_texts(model: GPT, tokenizer, prompts=("\n", "ROMEO:", "The "), max_new_tokens=96,
-                 seed: int = 0) -> list[tuple[str, str]]:
+def sample_texts(
+    model: GPT, tokenizer, prompts=("\n", "ROMEO:", "The "), max_new_tokens=96, seed: int = 0
+) -> list[tuple[str, str]]:
     """A few sampled continuations, for the report."""
     prompts = [p for p in prompts if _encodable(tokenizer, p)] or ["\n"]
     params = SamplingParams(temperature=0.8, top_k=50, max_new_tokens=max_new_tokens, seed=seed)
@@ -150,12 +186,22 @@ def _encodable(tokenizer, text: str) -> bool:
         return False
 
 
-def write_report(run_dir: Path, cfg: PretrainConfig, model: GPT, data, result: TrainResult,
-                 samples: list[tuple[str, str]], dtype: torch.dtype) -> None:
+def write_report(
+    run_dir: Path,
+    cfg: PretrainConfig,
+    model: GPT,
+    data,
+    result: TrainResult,
+    samples: list[tuple[str, str]],
+    dtype: torch.dtype,
+) -> None:
     meta = data.meta if hasattr(data, "meta") else {}
     sources = meta.get("sources") or []
-    source_lines = [f"- {s.get('name')}: {s.get('package')}=={s.get('version')}, licence "
-                    f"{s.get('licence')}, sha256 `{str(s.get('sha256'))[:16]}…`" for s in sources]
+    source_lines = [
+        f"- {s.get('name')}: {s.get('package')}=={s.get('version')}, licence "
+        f"{s.get('licence')}, sha256 `{str(s.get('sha256'))[:16]}…`"
+        for s in sources
+    ]
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     lines = [
         f"# Pre-training report: {run_dir.name}",

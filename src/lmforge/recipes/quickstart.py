@@ -44,23 +44,47 @@ class QuickstartConfig:
 def default_pretrain_config(data_dir: Path, vocab_size: int) -> pretrain.PretrainConfig:
     """A 6-layer, width-192 GPT with a 128-token context: small enough for 2 CPU cores."""
     model = get_preset(
-        "gpt2-tiny", vocab_size=vocab_size, hidden_size=192, num_layers=6, num_heads=6,
+        "gpt2-tiny",
+        vocab_size=vocab_size,
+        hidden_size=192,
+        num_layers=6,
+        num_heads=6,
         max_seq_len=128,
     )
     train = TrainConfig(
-        max_steps=1000, batch_size=16, block_size=128, lr=2e-3, min_lr=2e-4, warmup_steps=50,
-        beta2=0.99, eval_interval=100, eval_batches=16, log_interval=10, checkpoint_interval=250,
+        max_steps=1000,
+        batch_size=16,
+        block_size=128,
+        lr=2e-3,
+        min_lr=2e-4,
+        warmup_steps=50,
+        beta2=0.99,
+        eval_interval=100,
+        eval_batches=16,
+        log_interval=10,
+        checkpoint_interval=250,
     )
-    return pretrain.PretrainConfig(model=model, data=pretrain.DataConfig(str(data_dir)), train=train)
+    return pretrain.PretrainConfig(
+        model=model, data=pretrain.DataConfig(str(data_dir)), train=train
+    )
 
 
 def _step_seconds(cfg: pretrain.PretrainConfig, steps: int = 6) -> float:
     """Time a few optimizer steps of this exact config on this machine."""
-    probe = replace(cfg.train, max_steps=steps, warmup_steps=1, eval_batches=1, eval_interval=steps,
-                    log_interval=steps, checkpoint_interval=0, max_minutes=0)
+    probe = replace(
+        cfg.train,
+        max_steps=steps,
+        warmup_steps=1,
+        eval_batches=1,
+        eval_interval=steps,
+        log_interval=steps,
+        checkpoint_interval=0,
+        max_minutes=0,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        result = pretrain.main(replace(cfg, train=probe), Path(tmp) / "probe", show_progress=False,
-                               quiet=True)
+        result = pretrain.main(
+            replace(cfg, train=probe), Path(tmp) / "probe", show_progress=False, quiet=True
+        )
     return result.seconds / steps
 
 
@@ -92,18 +116,27 @@ def main(cfg: QuickstartConfig) -> pretrain.TrainResult:
         step_s = _step_seconds(run_cfg)
         budget_s = cfg.minutes * 60 - (time.perf_counter() - start) - 20  # sampling, report
         steps = max(50, int(0.9 * budget_s / step_s))
-        print(f"      {step_s * 1000:.0f} ms/step here: {steps} steps fit the {cfg.minutes:g}-minute budget")
+        print(
+            f"      {step_s * 1000:.0f} ms/step here: {steps} steps fit the {cfg.minutes:g}-minute budget"
+        )
     run_cfg.train = replace(
-        run_cfg.train, max_steps=steps, warmup_steps=min(run_cfg.train.warmup_steps, steps // 10),
-        eval_interval=max(1, steps // 10), checkpoint_interval=max(1, steps // 4),
+        run_cfg.train,
+        max_steps=steps,
+        warmup_steps=min(run_cfg.train.warmup_steps, steps // 10),
+        eval_interval=max(1, steps // 10),
+        checkpoint_interval=max(1, steps // 4),
         max_minutes=cfg.minutes if cfg.steps <= 0 else 0.0,
     )
     print(f"[4/4] pre-training on {data.num_tokens('train'):,} tokens")
     result = pretrain.main(run_cfg, out)
     report = (out / "report.md").read_text(encoding="utf-8")
     samples = report.split("## Samples", 1)[1].split("## Config", 1)[0]
-    print(f"\nvalidation loss {result.val_loss:.4f} nats/token after {result.steps} steps "
-          f"({time.perf_counter() - start:.0f} s in all)")
+    print(
+        f"\nvalidation loss {result.val_loss:.4f} nats/token after {result.steps} steps "
+        f"({time.perf_counter() - start:.0f} s in all)"
+    )
     print("samples" + samples.rstrip())
-    print(f"\nreport: {out / 'report.md'}\ntry:    lmforge generate --model {out} --prompt 'ROMEO:'")
+    print(
+        f"\nreport: {out / 'report.md'}\ntry:    lmforge generate --model {out} --prompt 'ROMEO:'"
+    )
     return result

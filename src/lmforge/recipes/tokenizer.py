@@ -32,6 +32,8 @@ def main(cfg: TokenizerTrainConfig) -> Tokenizer:
     else:
         raise UserError(f"unknown tokenizer kind {cfg.kind!r}; use bpe or char")
     tokenizer.save(Path(cfg.out))
-    print(f"trained a {cfg.kind} tokenizer of {tokenizer.vocab_size} tokens on {len(files)} "
-          f"file(s) -> {Path(cfg.out) / 'tokenizer.json'}")
+    print(
+        f"trained a {cfg.kind} tokenizer of {tokenizer.vocab_size} tokens on {len(files)} "
+        f"file(s) -> {Path(cfg.out) / 'tokenizer.json'}"
+    )
     return tokenizer

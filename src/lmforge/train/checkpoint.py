@@ -115,14 +115,20 @@ def load_checkpoint(
     try:
         state = json.loads(state_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}); "
-                        "delete it to resume from an earlier one") from None
-    load_model_state(model, load_safetensors(path / "model.safetensors"), path / "model.safetensors")
+        raise UserError(
+            f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}); "
+            "delete it to resume from an earlier one"
+        ) from None
+    load_model_state(
+        model, load_safetensors(path / "model.safetensors"), path / "model.safetensors"
+    )
     if optimizer is not None:
         tensors = load_safetensors(path / "optimizer.safetensors")
         try:
             optimizer.load_state_dict(optimizer_from_tensors(tensors, state["optimizer"]))
         except (KeyError, ValueError, RuntimeError) as e:
-            raise UserError(f"checkpoint {path}: optimizer state does not fit this model ({e})") from None
+            raise UserError(
+                f"checkpoint {path}: optimizer state does not fit this model ({e})"
+            ) from None
     rng = load_safetensors(path / "rng.safetensors")
     return state, rng

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +88,14 @@ class TrainConfig:
     """Stop (with a checkpoint) after this many minutes of training; 0 = no limit."""
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "batch_size", "block_size", "grad_accum", "eval_interval",
-                    "log_interval")
+        positive = (
+            "max_steps",
+            "batch_size",
+            "block_size",
+            "grad_accum",
+            "eval_interval",
+            "log_interval",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -132,7 +138,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    batches = data.iter_eval_batches("val", cfg.batch_size, cfg.block_size, cfg.eval_batches or None)
+    batches = data.iter_eval_batches(
+        "val", cfg.batch_size, cfg.block_size, cfg.eval_batches or None
+    )
     for i, (x, y) in enumerate(batches):
         if i % dist.world_size != dist.rank:
             continue
@@ -210,7 +218,11 @@ def train(
                 f"{path.name} is already at step {start_step} >= train.max_steps {cfg.max_steps}; "
                 "raise --train.max_steps to train further"
             )
-    metrics = MetricsLog(run_dir / "metrics.jsonl", start_step if resume else None) if dist.is_main else None
+    metrics = (
+        MetricsLog(run_dir / "metrics.jsonl", start_step if resume else None)
+        if dist.is_main
+        else None
+    )
 
     train_model: nn.Module = model
     if dist.enabled:
@@ -225,8 +237,12 @@ def train(
     decay_steps = cfg.decay_steps or cfg.max_steps
     tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist.world_size
     bar = tqdm(
-        total=cfg.max_steps, initial=start_step, desc="train", unit="step",
-        disable=not (show_progress and dist.is_main), dynamic_ncols=True,
+        total=cfg.max_steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        disable=not (show_progress and dist.is_main),
+        dynamic_ncols=True,
     )
     t0 = time.perf_counter()
     window_t, window_tokens = t0, 0
@@ -236,9 +252,14 @@ def train(
     def save(at_step: int) -> None:
         rng = _rng_states(device, dist)
         if dist.is_main:
-            state = {"tokens": tokens_seen, "elapsed_s": elapsed_before + time.perf_counter() - t0,
-                     "val_loss": val_loss}
-            ckpt.save_checkpoint(run_dir, at_step, model, optimizer, state, rng, cfg.keep_checkpoints)
+            state = {
+                "tokens": tokens_seen,
+                "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                "val_loss": val_loss,
+            }
+            ckpt.save_checkpoint(
+                run_dir, at_step, model, optimizer, state, rng, cfg.keep_checkpoints
+            )
         barrier(dist)
 
     for step in range(start_step, cfg.max_steps):
@@ -259,7 +280,8 @@ def train(
             loss_sum += loss.detach()
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.grad_clip > 0 else None
+            if cfg.grad_clip > 0
+            else None
         )
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -275,12 +297,17 @@ def train(
             tps = window_tokens / max(now - window_t, 1e-9)
             window_t, window_tokens = now, 0
             if metrics:
-                metrics.log({
-                    "step": done, "loss": loss_value, "lr": lr,
-                    "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                    "tokens": tokens_seen, "tokens_per_s": tps,
-                    "elapsed_s": elapsed_before + now - t0,
-                })
+                metrics.log(
+                    {
+                        "step": done,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                        "tokens": tokens_seen,
+                        "tokens_per_s": tps,
+                        "elapsed_s": elapsed_before + now - t0,
+                    }
+                )
             bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         bar.update(1)
 
@@ -290,8 +317,13 @@ def train(
             if metrics:
                 metrics.log({"step": done, "val_loss": val_loss})
             if dist.is_main:
-                bar.write(f"step {done}: train loss {loss_value:.4f}, val loss {val_loss:.4f}")
-        if (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0) or done == cfg.max_steps or out_of_time:
+                train_part = f"train loss {loss_value:.4f}, " if math.isfinite(loss_value) else ""
+                bar.write(f"step {done}: {train_part}val loss {val_loss:.4f}")
+        if (
+            (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0)
+            or done == cfg.max_steps
+            or out_of_time
+        ):
             save(done)
         if out_of_time:
             stopped_early = done < cfg.max_steps
@@ -308,4 +340,3 @@ def train(
         tokens_per_second=trained_tokens / max(seconds, 1e-9),
         stopped_early=stopped_early,
     )
-

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 
 
-def cosine_lr(step: int, max_lr: float, min_lr: float, warmup_steps: int, decay_steps: int) -> float:
+def cosine_lr(
+    step: int, max_lr: float, min_lr: float, warmup_steps: int, decay_steps: int
+) -> float:
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= decay_steps:
