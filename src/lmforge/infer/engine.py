@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import UserError
+from lmforge.infer.fast_linear import use_decode_linears
 from lmforge.infer.sampling import SamplingParams, sample_next
 
 
@@ -24,6 +25,8 @@ class Engine:
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            use_decode_linears(model)  # same weights, faster products for few rows
         self.context = model.config.max_seq_len
 
     def _check_lengths(self, prompts: list[list[int]]) -> int:

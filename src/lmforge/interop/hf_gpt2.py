@@ -32,7 +32,7 @@ def config_from_hf(hf: dict) -> GPTConfig:
         position="learned",
         norm="layernorm",
         norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        mlp="gelu",
+        mlp="gelu" if hf.get("activation_function") == "gelu" else "gelu_tanh",
         bias=True,
         tie_embeddings=hf.get("tie_word_embeddings", True),
     )

@@ -3,7 +3,7 @@
 Design decisions
 - A block is pre-norm: x + attn(norm(x)), then x + mlp(norm(x)) (GPT-2, Radford et al., 2019).
 - Variants that several presets share are config fields, nothing more: learned vs rotary positions,
-  LayerNorm vs RMSNorm, GELU vs SwiGLU MLP, grouped-query heads, biases, tied embeddings.
+  LayerNorm vs RMSNorm, GELU (exact or tanh) vs SwiGLU MLP, grouped-query heads, biases, tied embeddings.
 - Module names follow Hugging Face (`embed_tokens`, `layers.N.attn.q_proj`, `mlp.down_proj`,
   `lm_head`), so converters are a table of renames.
 - All initialisation lives in `init_weights()`: N(0, 0.02), residual output projections scaled by
@@ -55,8 +55,9 @@ class GPTConfig:
     """Normalisation: `layernorm` or `rmsnorm`."""
     norm_eps: float = 1e-5
     """Epsilon of the normalisation layers."""
-    mlp: str = "gelu"
-    """Feed-forward block: `gelu` (GPT-2) or `swiglu` (Llama)."""
+    mlp: str = "gelu_tanh"
+    """Feed-forward block: `gelu_tanh` (GPT-2's tanh-approximated GELU), `gelu` (exact erf GELU,
+    as nanoGPT and BERT; about 3x cheaper on CPUs) or `swiglu` (Llama)."""
     bias: bool = True
     """Biases in the linear layers and LayerNorms."""
     tie_embeddings: bool = True
@@ -81,7 +82,7 @@ class GPTConfig:
         checks = {
             "position": (self.position, ("learned", "rope")),
             "norm": (self.norm, ("layernorm", "rmsnorm")),
-            "mlp": (self.mlp, ("gelu", "swiglu")),
+            "mlp": (self.mlp, ("gelu", "gelu_tanh", "swiglu")),
         }
         for name, (value, allowed) in checks.items():
             if value not in allowed:
@@ -129,7 +130,8 @@ class Block(nn.Module):
         if cfg.mlp == "swiglu":
             self.mlp = SwiGLUMLP(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
         else:
-            self.mlp = GeluMLP(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+            approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
+            self.mlp = GeluMLP(cfg.hidden_size, cfg.intermediate_size, cfg.bias, approximate)
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def forward(self, x, *, rope, mask, cache, layer_index) -> torch.Tensor:

@@ -11,9 +11,22 @@ from lmforge.errors import UserError
 from lmforge.models.gpt import GPTConfig
 
 PRESETS: dict[str, dict] = {
-    "gpt2": dict(vocab_size=50257, hidden_size=768, num_layers=12, num_heads=12, max_seq_len=1024),
+    "gpt2": dict(
+        vocab_size=50257,
+        hidden_size=768,
+        num_layers=12,
+        num_heads=12,
+        max_seq_len=1024,
+        mlp="gelu_tanh",
+    ),
     "gpt2-tiny": dict(
-        vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, max_seq_len=256, bias=False
+        vocab_size=512,
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        max_seq_len=256,
+        bias=False,
+        mlp="gelu",
     ),
     "llama-tiny": dict(
         vocab_size=512,

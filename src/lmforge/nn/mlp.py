@@ -1,7 +1,7 @@
 """Position-wise feed-forward blocks.
 
-- GeluMLP (GPT-2, BERT): down_proj(gelu(up_proj(x))) with the tanh approximation of GELU
-  (Hendrycks & Gimpel, 2016) that GPT-2 was trained with.
+- GeluMLP (GPT-2, BERT): down_proj(gelu(up_proj(x))), GELU (Hendrycks & Gimpel, 2016) exact
+  (erf) or with the tanh approximation that GPT-2 was trained with.
 - SwiGLUMLP (Shazeer, 2020, "GLU Variants Improve Transformer"; Llama):
   down_proj(silu(gate_proj(x)) * up_proj(x)).
 """
