@@ -5,8 +5,10 @@ Recipe (nanoGPT README, "I only have a macbook"): character vocabulary, 4 layers
 no dropout, no biases, AdamW (0.9, 0.99), weight decay 0.1, gradient clipping 1.0. Data: the exact
 file nanoGPT uses, first 90% train, last 10% validation. nanoGPT publishes validation loss 1.88.
 
-We report the validation loss two ways: over the whole validation split (every character predicted
-once, in 64-token windows) and nanoGPT's estimate (20 random batches of 12 x 64).
+Two models at that shape: `gpt2-tiny` is nanoGPT's own architecture (learned positions,
+LayerNorm, GELU, no biases); `llama-tiny` is the Llama style (RoPE, RMSNorm, SwiGLU). We report the
+validation loss two ways: over the whole validation split (every character predicted once, in
+64-token windows) and nanoGPT's estimate (20 random batches of 12 x 64).
 
     python benchmarks/bench_quality.py --data ../shared/data/tinyshakespeare.txt
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import machine, table
 
 from lmforge.data.shards import TokenData
 from lmforge.models import GPT, get_preset
@@ -49,32 +52,20 @@ def nanogpt_estimate(model, data: TokenData, iters: int = 20, seed: int = 0) -> 
     return float(np.mean(losses))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="tinyshakespeare.txt")
-    ap.add_argument("--iters", type=int, default=2000)
-    ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument(
-        "--preset",
-        default="gpt2-tiny",
-        choices=["gpt2-tiny", "llama-tiny"],
-        help="GPT-2 style (as nanoGPT) or Llama style (RoPE, RMSNorm, SwiGLU) at that shape",
-    )
-    ap.add_argument(
-        "--no-bias", action="store_true", help="drop biases (nanoGPT's train.py default)"
-    )
-    args = ap.parse_args()
+STYLES = {
+    # nanoGPT's own architecture: learned positions, LayerNorm, GELU MLP, no biases
+    "gpt2-tiny": dict(bias=False),
+    # the same shape in Llama style: rotary positions, RMSNorm, SwiGLU (8/3 rule, rounded to 64)
+    "llama-tiny": dict(intermediate_size=384),
+}
 
-    data = char_data(args.data)
-    torch.manual_seed(args.seed)
+
+def run(data: TokenData, preset: str, iters: int, seed: int) -> dict:
+    torch.manual_seed(seed)
     shape = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, max_seq_len=64)
-    if args.preset == "llama-tiny":
-        shape["intermediate_size"] = 384  # SwiGLU's 8/3 rule, rounded to 64
-    else:
-        shape["bias"] = not args.no_bias
-    model = GPT(get_preset(args.preset, vocab_size=data.vocab_size, **shape))
+    model = GPT(get_preset(preset, vocab_size=data.vocab_size, **shape, **STYLES[preset]))
     cfg = TrainConfig(
-        max_steps=args.iters,
+        max_steps=iters,
         batch_size=12,
         block_size=64,
         lr=1e-3,
@@ -84,31 +75,67 @@ def main() -> None:
         beta1=0.9,
         beta2=0.99,
         grad_clip=1.0,
-        eval_interval=args.iters,
+        eval_interval=iters,
         eval_batches=0,
         log_interval=100,
         checkpoint_interval=0,
-        seed=args.seed,
+        seed=seed,
         device="cpu",
         precision="fp32",
     )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as run_dir:
         result = train(model, causal_lm_loss, data, cfg, Path(run_dir))
-    wall = time.perf_counter() - start
-    estimate = nanogpt_estimate(model, data)
+    return {
+        "val": result.val_loss,
+        "estimate": nanogpt_estimate(model, data),
+        "wall": time.perf_counter() - start,
+        "tok_s": result.tokens_per_second,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="tinyshakespeare.txt")
+    ap.add_argument("--iters", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--preset", choices=list(STYLES), help="only this style (default: both)")
+    args = ap.parse_args()
+    if not args.data.is_file():
+        raise SystemExit(f"error: {args.data} not found (the Tiny Shakespeare file nanoGPT uses)")
+    data = char_data(args.data)
+    print(f"machine: {machine()}")
     print(
-        f"\nnanoGPT CPU recipe on {args.data.name} ({data.num_tokens('train'):,} / "
-        f"{data.num_tokens('val'):,} chars), {args.iters} iterations, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads"
+        f"nanoGPT CPU recipe on {args.data.name} ({data.num_tokens('train'):,} train / "
+        f"{data.num_tokens('val'):,} validation characters), {args.iters} iterations"
     )
-    print(f"| validation loss (whole split) | {result.val_loss:.4f} |")
-    print(f"| validation loss (nanoGPT estimate, 20 batches) | {estimate:.4f} |")
-    print(f"| nanoGPT published | {NANOGPT_PUBLISHED} |")
-    print(f"| wall time (training + final eval) | {wall:.1f} s |")
-    print(f"| training throughput | {result.tokens_per_second:,.0f} tokens/s |")
-    verdict = "PASS" if result.val_loss <= NANOGPT_PUBLISHED else "FAIL"
-    print(f"{verdict}: validation loss {result.val_loss:.4f} vs nanoGPT {NANOGPT_PUBLISHED}")
+    rows = []
+    for preset in [args.preset] if args.preset else list(STYLES):
+        r = run(data, preset, args.iters, args.seed)
+        verdict = "PASS" if r["val"] <= NANOGPT_PUBLISHED else "FAIL"
+        rows.append(
+            (
+                preset,
+                f"{r['val']:.4f}",
+                f"{r['estimate']:.4f}",
+                f"{r['wall']:.0f} s",
+                f"{r['tok_s']:,.0f}",
+                f"<= {NANOGPT_PUBLISHED} {verdict}",
+            )
+        )
+    print(
+        table(
+            rows,
+            (
+                "model at that shape",
+                "val loss (whole split)",
+                "val loss (nanoGPT's 20-batch estimate)",
+                "wall time",
+                "train tok/s",
+                "target",
+            ),
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk_rows: int, ignore_index: int):
         n = hidden.size(0)
         keep = targets != ignore_index
-        count = keep.sum().clamp(min=1).to(torch.float32)
+        count = keep.sum().clamp(min=1)
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32 at least, fp64 stays fp64
+        count = count.to(acc)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_h else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_w else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_weight = torch.zeros_like(weight, dtype=acc) if want_w else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = hidden[start : start + chunk_rows]  # (n_c, C)
             t = targets[start : start + chunk_rows].clamp(min=0)  # (n_c,)
             k = keep[start : start + chunk_rows]
-            logits = (h @ weight.t()).float()  # (n_c, V)
+            logits = (h @ weight.t()).to(acc)  # (n_c, V)
             lse = torch.logsumexp(logits, dim=-1)  # (n_c,)
             target_logit = logits.gather(1, t[:, None]).squeeze(1)  # (n_c,)
             total += ((lse - target_logit) * k).sum()
@@ -50,7 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if want_h:
                 grad_hidden[start : start + chunk_rows] = grad @ weight
             if want_w:
-                grad_weight.addmm_(grad.t().float(), h.float())
+                grad_weight.addmm_(grad.t().to(acc), h.to(acc))
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total / count

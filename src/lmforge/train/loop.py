@@ -316,7 +316,7 @@ def train(
             val_loss = evaluate(model, objective, data, cfg, device, dtype, dist)
             if metrics:
                 metrics.log({"step": done, "val_loss": val_loss})
-            if dist.is_main:
+            if dist.is_main and show_progress:
                 train_part = f"train loss {loss_value:.4f}, " if math.isfinite(loss_value) else ""
                 bar.write(f"step {done}: {train_part}val loss {val_loss:.4f}")
         if (

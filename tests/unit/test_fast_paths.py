@@ -1,0 +1,57 @@
+"""The fast paths compute the same numbers as the plain ones."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmforge.infer.fast_linear import DecodeLinear, use_decode_linears
+from lmforge.train.fused_ce import linear_cross_entropy
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 64, 1000])
+def test_fused_cross_entropy_matches_cross_entropy_and_its_gradients(chunk_rows):
+    torch.manual_seed(0)
+    h = torch.randn(150, 24, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(53, 24, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 53, (150,))
+    t[::5] = -100  # ignored positions
+    ref = F.cross_entropy(h @ w.t(), t, ignore_index=-100)
+    ref_grads = torch.autograd.grad(ref, (h, w))
+    ours = linear_cross_entropy(h, w, t, chunk_rows=chunk_rows)
+    grads = torch.autograd.grad(ours * 3.0, (h, w))  # an upstream scale is applied
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grads[0], 3.0 * ref_grads[0])
+    torch.testing.assert_close(grads[1], 3.0 * ref_grads[1])
+
+
+def test_fused_cross_entropy_without_grad():
+    h, w, t = torch.randn(10, 8), torch.randn(11, 8), torch.randint(0, 11, (10,))
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(h, w, t), F.cross_entropy(h @ w.t(), t))
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 100])
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_linear_equals_linear(rows, bias):
+    torch.manual_seed(0)
+    linear = nn.Linear(48, 96, bias=bias)
+    fast = DecodeLinear(linear)
+    x = torch.randn(rows, 1, 48)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), linear(x), atol=1e-5, rtol=1e-5)
+    assert fast.weight is linear.weight
+    assert set(fast.state_dict()) == set(linear.state_dict())
+
+
+def test_use_decode_linears_keeps_ties_and_trainability():
+    from lmforge.models import GPT, get_preset
+
+    model = GPT(get_preset("gpt2-tiny", vocab_size=64, hidden_size=32, num_layers=1, num_heads=2))
+    keys = set(model.state_dict())
+    use_decode_linears(model)
+    assert isinstance(model.lm_head, DecodeLinear)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    assert set(model.state_dict()) == keys
+    model(torch.randint(0, 64, (2, 5))).sum().backward()  # with grad: plain nn.Linear path
+    assert model.layers[0].attn.q_proj.weight.grad is not None
