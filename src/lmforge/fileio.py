@@ -7,6 +7,7 @@ rename it over `NAME/`.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from lmforge.errors import UserError
 
 
 def fsync_dir(path: Path) -> None:
@@ -80,20 +83,34 @@ def write_json_atomic(target: str | Path, obj: Any) -> None:
 
 
 def read_text_input(path: str | Path) -> str:
-    """Read a UTF-8 text input file, turning the usual mistakes into one-line `UserError`s."""
-    from lmforge.errors import UserError
+    """Read a non-empty UTF-8 text input file (see `check_text_file`)."""
+    return check_text_file(path).read_text(encoding="utf-8")
 
+
+def check_text_file(path: str | Path) -> Path:
+    """Check that `path` is a non-empty UTF-8 text file, streaming ."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"input file not found: {path}")
     if path.is_dir():
         raise UserError(f"expected a text file but {path} is a directory")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not valid UTF-8 text (byte {e.start}); convert it to UTF-8"
-        ) from None
-    if not text.strip():
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    end, has_text = 0, False  # end: bytes read so far
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 20)
+            end += len(block)
+            try:
+                text = decoder.decode(block, final=not block)
+            except UnicodeDecodeError as e:
+                # `e.object` is the bytes held back from the previous block plus this block.
+                byte = end - len(e.object) + e.start
+                raise UserError(
+                    f"{path} is not valid UTF-8 text (byte {byte}); convert it to UTF-8"
+                ) from None
+            has_text = has_text or bool(text.strip())
+            if not block:
+                break
+    if not has_text:
         raise UserError(f"input file is empty: {path}")
-    return text
+    return path

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from lmforge.cli import main as cli
 from lmforge.models.loading import load_model_and_tokenizer
 
@@ -76,3 +78,11 @@ def test_generate_stop_string_and_seed(trained_run, capsys):
     assert cli([*base, "--seed", "3", "--stop", "."]) == 0
     stopped = capsys.readouterr().out
     assert "." not in stopped
+
+
+@pytest.mark.slow
+def test_pretrain_with_torch_compile(tmp_path, prepared, tiny_run_args):
+    run = tmp_path / "run"
+    args = ["pretrain", "--out", str(run), f"--data.dir={prepared / 'data'}", *tiny_run_args]
+    assert cli([*args, "--train.max_steps=10", "--train.compile=true"]) == 0
+    assert records(run)[-1]["step"] == 10

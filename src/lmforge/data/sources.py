@@ -15,7 +15,6 @@ that publish a wheel are therefore fetched as wheels, which needs no such step.
 
 from __future__ import annotations
 
-import codecs
 import fnmatch
 import glob
 import hashlib
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from lmforge.errors import UserError
-from lmforge.fileio import atomic_path
+from lmforge.fileio import atomic_path, check_text_file
 
 RECORD_FILE = "source.json"
 
@@ -275,35 +274,6 @@ def source_record(path: str | Path) -> dict | None:
         return json.loads(record_file.read_text(encoding="utf-8"))
     except ValueError:
         return None
-
-
-def check_text_file(path: str | Path) -> Path:
-    """Check that `path` is a non-empty UTF-8 text file, streaming (the `read_text_input` rules)."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"input file not found: {path}")
-    if path.is_dir():
-        raise UserError(f"expected a text file but {path} is a directory")
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    end, has_text = 0, False  # end: bytes read so far
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(1 << 20)
-            end += len(block)
-            try:
-                text = decoder.decode(block, final=not block)
-            except UnicodeDecodeError as e:
-                # `e.object` is the bytes held back from the previous block plus this block.
-                byte = end - len(e.object) + e.start
-                raise UserError(
-                    f"{path} is not valid UTF-8 text (byte {byte}); convert it to UTF-8"
-                ) from None
-            has_text = has_text or bool(text.strip())
-            if not block:
-                break
-    if not has_text:
-        raise UserError(f"input file is empty: {path}")
-    return path
 
 
 def resolve_text_inputs(spec: str | Path | list[str | Path]) -> list[Path]:

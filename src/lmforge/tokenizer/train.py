@@ -22,6 +22,7 @@ from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import UserError
+from lmforge.fileio import check_text_file
 from lmforge.tokenizer.core import CHAR_SPLIT_PATTERN, EOS_TOKEN, Tokenizer
 
 DEFAULT_SPECIAL_TOKENS: tuple[str, ...] = (EOS_TOKEN, "<|im_start|>", "<|im_end|>")
@@ -75,7 +76,6 @@ def train_bpe(
 
 
 def _check_files(files: Sequence[Path]) -> None:
-    from lmforge.data.sources import check_text_file  # lazy: lmforge.data imports this package
 
     for f in files:
         check_text_file(f)

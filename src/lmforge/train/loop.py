@@ -312,6 +312,8 @@ def train(
         bar.update(1)
 
         out_of_time = cfg.max_minutes > 0 and (time.perf_counter() - t0) > cfg.max_minutes * 60
+        if cfg.max_minutes > 0 and dist.enabled:  # every rank must stop at the same step
+            out_of_time = all_reduce_mean(float(out_of_time), dist, device) > 0
         if done % cfg.eval_interval == 0 or done == cfg.max_steps or out_of_time:
             val_loss = evaluate(model, objective, data, cfg, device, dtype, dist)
             if metrics:
