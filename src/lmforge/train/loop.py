@@ -6,7 +6,7 @@
             loss = objective(model, batch) / grad_accum
             loss.backward()
         clip the global gradient norm; AdamW step
-        every log_interval: metrics.jsonl, progress bar (loss, tokens/s, ETA)
+        every log_interval: metrics.jsonl (loss averaged over the interval), progress bar
         every eval_interval: exact validation loss over a fixed set of batches
         every checkpoint_interval: atomic checkpoint (model, optimizer, RNG, step)
 
@@ -245,7 +245,8 @@ def train(
         dynamic_ncols=True,
     )
     t0 = time.perf_counter()
-    window_t, window_tokens = t0, 0
+    window_t, window_tokens, window_steps = t0, 0, 0
+    window_loss = torch.zeros((), device=device)  # summed over the steps since the last record
     loss_value, val_loss, step = float("nan"), None, start_step
     stopped_early = False
 
@@ -266,7 +267,6 @@ def train(
         lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, decay_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
             gen = batch_generator(cfg.seed, dist.rank, step, micro, cfg.grad_accum)
             x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, gen)
@@ -277,7 +277,7 @@ def train(
                 with autocast(device, dtype):
                     loss = objective(train_model, (x, y)) / cfg.grad_accum
                 loss.backward()
-            loss_sum += loss.detach()
+            window_loss += loss.detach()
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if cfg.grad_clip > 0
@@ -287,15 +287,17 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += tokens_per_step
         window_tokens += tokens_per_step
+        window_steps += 1
         done = step + 1
 
         if done % cfg.log_interval == 0 or done == cfg.max_steps:
-            loss_value = all_reduce_mean(loss_sum.item(), dist, device)
+            loss_value = all_reduce_mean(window_loss.item() / window_steps, dist, device)
             if not math.isfinite(loss_value):
                 raise UserError(f"loss became {loss_value} at step {done}; lower train.lr")
             now = time.perf_counter()
             tps = window_tokens / max(now - window_t, 1e-9)
-            window_t, window_tokens = now, 0
+            window_t, window_tokens, window_steps = now, 0, 0
+            window_loss.zero_()
             if metrics:
                 metrics.log(
                     {
