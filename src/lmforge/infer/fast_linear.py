@@ -45,9 +45,10 @@ class DecodeLinear(nn.Linear):
             blocks, self.out_features // blocks, self.in_features
         )  # (k, out/k, in)
         xt = x.reshape(rows, self.in_features).t().expand(blocks, -1, -1)  # (k, in, rows)
-        y = torch.bmm(w, xt).reshape(self.out_features, rows).t()  # (rows, out)
+        y = torch.bmm(w, xt).reshape(self.out_features, rows)  # (out, rows)
+        y = y.t().contiguous() if rows > 1 else y.view(1, -1)  # (rows, out), rows contiguous
         if self.bias is not None:
-            y = y + self.bias
+            y += self.bias
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
