@@ -4,7 +4,7 @@ Both train the same GPT-2 shape on the same random token batches: the peer with 
 (forward with labels, backward, clip, torch.optim.AdamW step), lmforge through `train/loop.py`
 exactly as `lmforge pretrain` runs it, on its `gpt2-tiny` preset resized to the shape (as nanoGPT's
 recipe: no biases, exact GELU; the same matrices and FLOPs as GPT-2 up to the bias vectors). Rounds alternate between the two so that machine noise hits
-both; we report the median tokens/s of each and their ratio.
+both (each measurement in a fresh process); we report the median tokens/s of each and their ratio.
 
 Shapes (ANCHORS.md): nanoGPT's CPU Shakespeare shape (4 layers, 4 heads, width 128, block 64,
 batch 12, character vocabulary of 65) and 6 layers, width 384, block 256, batch 8, vocab 50304.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, median, table, timed
+from common import machine, median, run_worker, table, timed
 
 from lmforge.data.shards import TokenData
 from lmforge.models import GPT, get_preset
@@ -40,13 +40,16 @@ class Shape:
     block: int
     batch: int
     vocab: int
-    steps: int  # timed steps per round
+    window: int  # steps per timed window
+    windows: int  # timed windows per measurement (after one warm-up window)
     target: float  # required ratio over transformers
 
 
 SHAPES = [
-    Shape("nanoGPT CPU Shakespeare (4L/4H/128, T=64, B=12, V=65)", 4, 4, 128, 64, 12, 65, 60, 1.3),
-    Shape("6L/6H/384, T=256, B=8, V=50304", 6, 6, 384, 256, 8, 50304, 4, 1.2),
+    Shape(
+        "nanoGPT CPU Shakespeare (4L/4H/128, T=64, B=12, V=65)", 4, 4, 128, 64, 12, 65, 60, 4, 1.3
+    ),
+    Shape("6L/6H/384, T=256, B=8, V=50304", 6, 6, 384, 256, 8, 50304, 4, 2, 1.2),
 ]
 
 
@@ -70,14 +73,13 @@ def ours_tokens_per_s(shape: Shape, data: TokenData, compile: bool = False) -> f
             max_seq_len=shape.block,
         )
     )
-    window = shape.steps // 2
     cfg = TrainConfig(
-        max_steps=window * 3,
+        max_steps=shape.window * (shape.windows + 1),
         batch_size=shape.batch,
         block_size=shape.block,
         lr=1e-4,
         warmup_steps=1,
-        log_interval=window,
+        log_interval=shape.window,
         eval_interval=10**9,
         eval_batches=1,
         checkpoint_interval=0,
@@ -121,13 +123,27 @@ def hf_tokens_per_s(shape: Shape, data: TokenData) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(max(2, shape.steps // 4)):
+    for _ in range(shape.window):  # warm-up window
         step()
     rates = []
-    for _ in range(2):
-        seconds = timed(lambda: [step() for _ in range(shape.steps // 2)])
-        rates.append(shape.steps // 2 * shape.batch * shape.block / seconds)
+    for _ in range(shape.windows):
+        seconds = timed(lambda: [step() for _ in range(shape.window)])
+        rates.append(shape.window * shape.batch * shape.block / seconds)
     return median(rates)
+
+
+WORKERS = {"transformers": None, "lmforge": False, "lmforge, compile": True}
+
+
+def worker(name: str, shape_index: int) -> None:
+    """Measure one run in this process and print {"tokens_per_s": ...} as JSON."""
+    shape = SHAPES[shape_index]
+    data = random_data(shape)
+    if name == "transformers":
+        rate = hf_tokens_per_s(shape, data)
+    else:
+        rate = ours_tokens_per_s(shape, data, compile=WORKERS[name])
+    print(json.dumps({"tokens_per_s": rate}))
 
 
 def main() -> None:
@@ -135,24 +151,25 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds per shape")
     ap.add_argument("--shape", type=int, choices=range(len(SHAPES)), help="only this shape")
     ap.add_argument("--no-compile", action="store_true", help="skip the train.compile=true rows")
+    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.worker:
+        return worker(args.worker, args.shape)
     print(f"machine: {machine()}")
-    variants = [("lmforge", False)] + ([] if args.no_compile else [("lmforge, compile", True)])
+    names = [n for n in WORKERS if not (args.no_compile and WORKERS[n])]
     rows = []
     for i, shape in enumerate(SHAPES):
         if args.shape is not None and i != args.shape:
             continue
-        data = random_data(shape)
-        rates: dict[str, list[float]] = {"transformers": []} | {name: [] for name, _ in variants}
+        rates: dict[str, list[float]] = {name: [] for name in names}
         for r in range(args.rounds):
-            rates["transformers"].append(hf_tokens_per_s(shape, data))
-            for name, compile in variants:
-                rates[name].append(ours_tokens_per_s(shape, data, compile))
+            for name in names:
+                rates[name].append(run_worker(__file__, name, "--shape", str(i))["tokens_per_s"])
             now = ", ".join(f"{k} {v[-1]:,.0f}" for k, v in rates.items())
             print(f"  {shape.name} round {r + 1}: {now} tokens/s", flush=True)
         peer = median(rates["transformers"])
-        for name, _ in variants:
+        for name in names[1:]:
             ratio = median(rates[name]) / peer
             verdict = "PASS" if ratio >= shape.target else "FAIL"
             rows.append(

@@ -41,3 +41,21 @@ def table(rows: list[tuple], header: tuple) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def run_worker(script: str, *args: str) -> dict:
+    """Run one measurement in a fresh process (`script --worker ...`) and return its JSON line.
+
+    Each side of a comparison gets a process of its own, so neither inherits the other's state
+    (allocator settings, thread pools, caches); the parent alternates them round by round.
+    """
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, script, "--worker", *args], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"worker {args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

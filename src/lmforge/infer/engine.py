@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from lmforge.device import tune_cpu_allocator
 from lmforge.errors import UserError
 from lmforge.infer.fast_linear import use_decode_linears
 from lmforge.infer.sampling import SamplingParams, sample_next
@@ -27,6 +28,7 @@ class Engine:
         self.device = next(model.parameters()).device
         if self.device.type == "cpu":
             use_decode_linears(model)  # same weights, faster products for few rows
+            tune_cpu_allocator()
         self.context = model.config.max_seq_len
 
     def _check_lengths(self, prompts: list[list[int]]) -> int:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmforge.device import autocast, resolve_device, resolve_precision
+from lmforge.device import autocast, resolve_device, resolve_precision, tune_cpu_allocator
 from lmforge.errors import UserError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.dist import DistInfo, all_reduce_mean, barrier
@@ -196,6 +196,8 @@ def train(
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     dtype = resolve_precision(cfg.precision, device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     if cfg.block_size > getattr(model.config, "max_seq_len", cfg.block_size):
         raise UserError(
             f"train.block_size {cfg.block_size} exceeds the model context "
