@@ -159,7 +159,7 @@ def _run(
         model.eval()
         save_model(model, run_dir, tokenizer)
         plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
-        samples = sample_texts(model, tokenizer)
+        samples = sample_texts(model, tokenizer, sample_prompts(data, tokenizer))
         write_report(run_dir, cfg, model, data, result, samples, dtype)
         print(
             f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
@@ -169,13 +169,24 @@ def _run(
     return result
 
 
+def sample_prompts(data, tokenizer, count: int = 2, length: int = 6) -> list[str]:
+    """A newline plus the first words of a few validation passages: prompts that fit any corpus."""
+    val = data.split("val")
+    starts = [i * len(val) // (count + 1) for i in range(1, count + 1)]
+    prompts = ["\n"] if _encodable(tokenizer, "\n") else []
+    for start in starts:
+        text = tokenizer.decode([int(t) for t in val[start : start + length]]).strip()
+        if text and "\ufffd" not in text:
+            prompts.append(text)
+    return prompts or [tokenizer.decode([int(val[0])])]
+
+
 def sample_texts(
-    model: GPT, tokenizer, prompts=("\n", "ROMEO:", "The "), max_new_tokens=96, seed: int = 0
+    model: GPT, tokenizer, prompts: list[str], max_new_tokens: int = 96, seed: int = 0
 ) -> list[tuple[str, str]]:
-    """A few sampled continuations, for the report."""
-    prompts = [p for p in prompts if _encodable(tokenizer, p)] or ["\n"]
+    """A few sampled continuations (temperature 0.8, top-k 50), for the report."""
     params = SamplingParams(temperature=0.8, top_k=50, max_new_tokens=max_new_tokens, seed=seed)
-    outs = generate(model, tokenizer, list(prompts), params)
+    outs = generate(model, tokenizer, prompts, params)
     return list(zip(prompts, outs))
 
 

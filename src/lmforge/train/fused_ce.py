@@ -19,6 +19,7 @@ cross-entropy, Hsu et al., 2024). Targets equal to `ignore_index` do not count.
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 IGNORE_INDEX = -100
 
@@ -33,7 +34,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         count = count.to(acc)
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_h else None
-        grad_weight = torch.zeros_like(weight, dtype=acc) if want_w else None
+        grad_weight = None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = hidden[start : start + chunk_rows]  # (n_c, C)
@@ -51,17 +52,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad = grad.to(hidden.dtype)
             if want_h:
                 grad_hidden[start : start + chunk_rows] = grad @ weight
-            if want_w:
+            if want_w and grad_weight is None:  # the first chunk writes, later ones add
+                grad_weight = grad.t().to(acc) @ h.to(acc)  # (V, C)
+            elif want_w:
                 grad_weight.addmm_(grad.t().to(acc), h.to(acc))
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total / count
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        gh = grad_hidden * grad_loss if grad_hidden is not None else None
-        gw = (grad_weight * grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
+        grad_hidden, grad_weight = ctx.saved_tensors  # ours alone: scaled in place
+        gh = grad_hidden.mul_(grad_loss) if grad_hidden is not None else None
+        gw = grad_weight.mul_(grad_loss).to(ctx.weight_dtype) if grad_weight is not None else None
         return gh, gw, None, None, None
 
 
