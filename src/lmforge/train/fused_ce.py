@@ -79,6 +79,6 @@ def linear_cross_entropy(
     """Mean cross-entropy of `hidden @ weight.T` against `targets`; hidden (..., C), targets (...)."""
     hidden = hidden.reshape(-1, hidden.size(-1))  # (N, C)
     targets = targets.reshape(-1)  # (N,)
-    if chunk_rows is None:  # at most 2^26 logits (256 MB in fp32) at a time
-        chunk_rows = max(64, (1 << 26) // weight.size(0))
+    if chunk_rows is None:  # at most 2^27 logits (512 MB in fp32) at a time
+        chunk_rows = max(64, (1 << 27) // weight.size(0))
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, ignore_index)
