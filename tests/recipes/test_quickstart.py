@@ -3,45 +3,19 @@
 from lmforge.cli import main as cli
 
 
+def quickstart(out, source, steps: int) -> int:
+    args = ["quickstart", "--out", str(out), "--source", str(source), "--steps", str(steps)]
+    return cli([*args, "--vocab-size", "300"])
+
+
 def test_quickstart_small(tmp_path, text_file, capsys):
     out = tmp_path / "qs"
-    assert (
-        cli(
-            [
-                "quickstart",
-                "--out",
-                str(out),
-                "--source",
-                str(text_file),
-                "--steps",
-                "30",
-                "--vocab-size",
-                "300",
-            ]
-        )
-        == 0
-    )
+    assert quickstart(out, text_file, 30) == 0
     printed = capsys.readouterr().out
     assert "validation loss" in printed and "samples" in printed
     for name in ("report.md", "loss.png", "model.safetensors", "tokenizer.json", "data/meta.json"):
         assert (out / name).exists(), name
-    # a second run replaces its own earlier output
-    assert (
-        cli(
-            [
-                "quickstart",
-                "--out",
-                str(out),
-                "--source",
-                str(text_file),
-                "--steps",
-                "5",
-                "--vocab-size",
-                "300",
-            ]
-        )
-        == 0
-    )
+    assert quickstart(out, text_file, 5) == 0  # a second run replaces its own earlier output
     assert cli(["generate", "--model", str(out), "--prompt", "The", "--max-new-tokens", "5"]) == 0
 
 
