@@ -41,15 +41,16 @@ class DecodeLinear(nn.Linear):
         blocks = torch.get_num_threads()
         if self.out_features % blocks:
             blocks = 1
-        w = self.weight.view(
-            blocks, self.out_features // blocks, self.in_features
-        )  # (k, out/k, in)
+        size = self.out_features // blocks
+        w = self.weight.view(blocks, size, self.in_features)  # (k, out/k, in)
         xt = x.reshape(rows, self.in_features).t().expand(blocks, -1, -1)  # (k, in, rows)
-        y = torch.bmm(w, xt).reshape(self.out_features, rows)  # (out, rows)
+        if self.bias is None:
+            y = torch.bmm(w, xt)  # (k, out/k, rows)
+        else:
+            y = torch.baddbmm(self.bias.view(blocks, size, 1), w, xt)  # (k, out/k, rows)
+        y = y.view(self.out_features, rows)  # (out, rows)
         y = y.t().contiguous() if rows > 1 else y.view(1, -1)  # (rows, out), rows contiguous
-        if self.bias is not None:
-            y += self.bias
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y.view(*x.shape[:-1], self.out_features)
 
 
 def use_decode_linears(model: nn.Module) -> nn.Module:
