@@ -16,10 +16,8 @@ Design decisions
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -247,13 +245,3 @@ class GPT(nn.Module):
         T = seq_len or cfg.max_seq_len
         n = self.num_params(non_embedding=True) + self.lm_head.weight.numel()
         return 6 * n + 12 * cfg.num_layers * cfg.num_heads * cfg.head_dim * T
-
-
-def save_model_config(cfg: GPTConfig, directory: Path) -> None:
-    from lmforge.fileio import write_json_atomic
-
-    write_json_atomic(Path(directory) / "config.json", cfg.to_dict())
-
-
-def load_model_config(path: Path) -> GPTConfig:
-    return GPTConfig.from_dict(json.loads(Path(path).read_text()))
