@@ -114,7 +114,7 @@ def main(
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     try:
-        return _run(cfg, run_dir, data, tokenizer, resume, dist, show_progress, quiet)
+        return _run(cfg, run_dir, data, tokenizer, resume, dist, device, show_progress, quiet)
     finally:
         shutdown(dist)
 
@@ -126,12 +126,12 @@ def _run(
     tokenizer,
     resume: bool,
     dist: DistInfo,
+    device: torch.device,
     show_progress: bool,
     quiet: bool,
 ) -> TrainResult:
     torch.manual_seed(cfg.train.seed)
     model = GPT(cfg.model)
-    device = resolve_device(cfg.train.device)
     dtype = resolve_precision(cfg.train.precision, device)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +206,7 @@ def write_report(
     samples: list[tuple[str, str]],
     dtype: torch.dtype,
 ) -> None:
-    meta = data.meta if hasattr(data, "meta") else {}
-    sources = meta.get("sources") or []
+    sources = data.meta.get("sources") or []
     source_lines = [
         f"- {s.get('name')}: {s.get('package')}=={s.get('version')}, licence "
         f"{s.get('licence')}, sha256 `{str(s.get('sha256'))[:16]}…`"
