@@ -266,8 +266,10 @@ def list_sources(cache_dir: str | Path | None = None) -> list[dict]:
 
 
 def source_record(path: str | Path) -> dict | None:
-    """The `source.json` record of the fetched source that `path` came from, if any."""
-    record_file = Path(path).resolve().parent / RECORD_FILE
+    """The `source.json` record of a fetched source's directory, or of the source a file in it
+    came from; None when `path` is not from a fetched source."""
+    path = Path(path).resolve()
+    record_file = (path if path.is_dir() else path.parent) / RECORD_FILE
     if not record_file.is_file():
         return None
     try:

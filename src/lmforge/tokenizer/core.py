@@ -27,12 +27,14 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import UserError
-from lmforge.fileio import atomic_path
+from lmforge.fileio import atomic_path, write_text_atomic
 
 EOS_TOKEN = "<|endoftext|>"
 """The end-of-text token appended after each document (GPT-2's name for it)."""
 
 TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+"""The model's Jinja chat template, saved beside `tokenizer.json` (as `transformers` does)."""
 
 # The pre-tokenizer `train_char` installs: every character becomes its own word.
 CHAR_SPLIT_PATTERN = r"[\s\S]"
@@ -43,8 +45,9 @@ GPT2_VOCAB_SIZE = 50257
 class Tokenizer:
     """A tokenizer of any kind (see the module docstring), backed by `tokenizers.Tokenizer`."""
 
-    def __init__(self, backend: HFTokenizer) -> None:
+    def __init__(self, backend: HFTokenizer, chat_template: str | None = None) -> None:
         self.backend = backend  # treat as read-only: kind, specials and JSON are cached below
+        self.chat_template = chat_template  # Jinja source, or None for a plain LM
         self._json: str | None = None
         self.kind = _infer_kind(backend)
         added = backend.get_added_tokens_decoder()
@@ -70,7 +73,11 @@ class Tokenizer:
             text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read tokenizer file {file} ({e}); check the path") from None
-        return cls.from_json(text, origin=str(file))
+        tokenizer = cls.from_json(text, origin=str(file))
+        template = file.parent / CHAT_TEMPLATE_FILE
+        if template.is_file():
+            tokenizer.chat_template = template.read_text(encoding="utf-8")
+        return tokenizer
 
     @classmethod
     def from_json(cls, text: str, origin: str = "<string>") -> Tokenizer:
@@ -91,10 +98,13 @@ class Tokenizer:
         return self._json
 
     def save(self, directory: str | Path) -> Path:
-        """Write `directory/tokenizer.json` atomically and return its path."""
+        """Write `directory/tokenizer.json` (and `chat_template.jinja` if there is a template)
+        atomically and return the path of `tokenizer.json`."""
         target = Path(directory) / TOKENIZER_FILE
         with atomic_path(target) as tmp:
             tmp.write_text(self.backend.to_str(pretty=True), encoding="utf-8")
+        if self.chat_template is not None:
+            write_text_atomic(Path(directory) / CHAT_TEMPLATE_FILE, self.chat_template)
         return target
 
     # ---------------------------------------------------------------------------------- encoding
