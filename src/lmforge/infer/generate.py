@@ -3,14 +3,15 @@
     from lmforge.infer import generate, SamplingParams
     text = generate(model, tokenizer, "ROMEO:", SamplingParams(temperature=0.8, top_p=0.95))
 
-A sequence ends at the tokenizer's end-of-text token, at any of the `stop` strings (which are cut
-from the output), or after `max_new_tokens`. Streaming yields text as soon as it can no longer turn
-into a stop string and no longer ends in a partial UTF-8 character.
+A sequence ends at the tokenizer's end-of-text token, at any of `stop_token_ids` (a chat model's
+end-of-turn token), at any of the `stop` strings (which are cut from the output), or after
+`max_new_tokens`. Streaming yields text as soon as it can no longer turn into a stop string and
+no longer ends in a partial UTF-8 character.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from torch import nn
 
@@ -60,9 +61,9 @@ class _TextState:
         return self._flush(self.text)
 
 
-def _stop_ids(tokenizer, ignore_eos: bool) -> set[int]:
+def _stop_ids(tokenizer, ignore_eos: bool, extra: Iterable[int] = ()) -> set[int]:
     eos = getattr(tokenizer, "eos_id", None)
-    return set() if ignore_eos or eos is None else {eos}
+    return set(extra) | (set() if ignore_eos or eos is None else {eos})
 
 
 def stream_batch(
@@ -72,11 +73,12 @@ def stream_batch(
     params: SamplingParams | None = None,
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
+    stop_token_ids: Iterable[int] = (),
 ) -> Iterator[list[str]]:
     """Yield, per step, the new text of every prompt (empty strings for nothing new)."""
     params = params or SamplingParams()
     ids = [tokenizer.encode(p) for p in prompts]
-    stop_ids = _stop_ids(tokenizer, ignore_eos)
+    stop_ids = _stop_ids(tokenizer, ignore_eos, stop_token_ids)
     states = [_TextState(stop) for _ in prompts]
     steps = Engine(model).generate(ids, params, stop_ids)
     for step in steps:
@@ -94,9 +96,11 @@ def stream(
     params: SamplingParams | None = None,
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
+    stop_token_ids: Iterable[int] = (),
 ) -> Iterator[str]:
     """Yield the continuation of one prompt piece by piece."""
-    for pieces in stream_batch(model, tokenizer, [prompt], params, stop, ignore_eos):
+    batches = stream_batch(model, tokenizer, [prompt], params, stop, ignore_eos, stop_token_ids)
+    for pieces in batches:
         if pieces[0]:
             yield pieces[0]
 
@@ -108,11 +112,12 @@ def generate(
     params: SamplingParams | None = None,
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
+    stop_token_ids: Iterable[int] = (),
 ) -> str | list[str]:
     """The continuation of a prompt (str) or of several prompts, batched (list of str)."""
     single = isinstance(prompts, str)
     batch = [prompts] if single else list(prompts)
     texts = ["" for _ in batch]
-    for pieces in stream_batch(model, tokenizer, batch, params, stop, ignore_eos):
+    for pieces in stream_batch(model, tokenizer, batch, params, stop, ignore_eos, stop_token_ids):
         texts = [t + p for t, p in zip(texts, pieces)]
     return texts[0] if single else texts

@@ -49,6 +49,10 @@ class GPTConfig:
     """Position encoding: `learned` (GPT-2) or `rope` (rotary, Llama)."""
     rope_theta: float = 10000.0
     """Base of the rotary angles."""
+    rope_scaling: dict | None = None
+    """Rotary context extension, as in Hugging Face configs: None, {rope_type: linear, factor}
+    or {rope_type: llama3, factor, low_freq_factor, high_freq_factor,
+    original_max_position_embeddings}."""
     norm: str = "layernorm"
     """Normalisation: `layernorm` or `rmsnorm`."""
     norm_eps: float = 1e-5
@@ -94,6 +98,8 @@ class GPTConfig:
             )
         if self.position == "rope" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling, self.position)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
@@ -115,6 +121,37 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
         return cls(**data)
+
+
+_ROPE_SCALING_KEYS = {
+    "linear": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+
+
+def _check_rope_scaling(scaling: dict, position: str) -> None:
+    """Raise ValueError unless `scaling` is a complete linear or llama3 rope_scaling mapping."""
+    if not isinstance(scaling, dict):
+        raise ValueError(f"model.rope_scaling must be a mapping or None, got {scaling!r}")
+    if position != "rope":
+        raise ValueError("model.rope_scaling needs rotary positions (model.position=rope)")
+    kind = scaling.get("rope_type")
+    if kind not in _ROPE_SCALING_KEYS:
+        raise ValueError(
+            f"model.rope_scaling.rope_type must be one of {tuple(_ROPE_SCALING_KEYS)}, got {kind!r}"
+        )
+    keys = set(scaling) - {"rope_type"}
+    if keys != _ROPE_SCALING_KEYS[kind]:
+        raise ValueError(
+            f"model.rope_scaling of type {kind} needs exactly the keys "
+            f"{sorted(_ROPE_SCALING_KEYS[kind])}, got {sorted(keys)}"
+        )
+    for key in keys:
+        value = scaling[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ValueError(f"model.rope_scaling.{key} must be a positive number, got {value!r}")
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ValueError("model.rope_scaling.high_freq_factor must exceed low_freq_factor")
 
 
 class Block(nn.Module):
@@ -146,7 +183,9 @@ class GPT(nn.Module):
         if cfg.position == "learned":
             self.embed_positions = nn.Embedding(cfg.max_seq_len, cfg.hidden_size)
         else:
-            self.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+            self.rotary = RotaryEmbedding(
+                cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling
+            )
         self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, cfg.bias)

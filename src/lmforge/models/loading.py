@@ -106,7 +106,9 @@ def load_model(
     if cfg.position == "rope":  # non-persistent buffers are not in the file: rebuild them
         from lmforge.nn import RotaryEmbedding
 
-        model.rotary = RotaryEmbedding(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        model.rotary = RotaryEmbedding(
+            cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling
+        )
     load_model_state(model, state, directory / WEIGHTS_FILE)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight

@@ -4,20 +4,59 @@ Each pair of channels (i, i + D/2) of a query or key at position m is rotated by
 m * theta^(-2i/D). We use the "rotate half" channel layout of GPT-NeoX and Hugging Face Llama, so
 Hugging Face weights load unchanged; GGUF files store Q/K rows interleaved for llama.cpp's layout and
 are permuted back by the GGUF importer.
+
+Context extension rescales the inverse frequencies theta^(-2i/D) (the `rope_scaling` of Hugging Face
+configs, computed here with our own code following `transformers.modeling_rope_utils`):
+- "linear" (position interpolation, Chen et al., 2023): every frequency is divided by `factor`.
+- "llama3" (Llama 3.1): frequencies whose wavelength 2*pi/f is longer than
+  original_max_position_embeddings / low_freq_factor are divided by `factor`, those shorter than
+  original_max_position_embeddings / high_freq_factor are kept, and the band between is interpolated
+  linearly in original_max_position_embeddings / wavelength.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 
-class RotaryEmbedding(nn.Module):
-    """Precomputed cos/sin tables for positions [0, max_len)."""
+def inverse_frequencies(
+    head_dim: int, theta: float = 10000.0, scaling: dict | None = None
+) -> torch.Tensor:
+    """The D/2 rotation frequencies theta^(-2i/D) in float64, rescaled by `scaling` (see above)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if scaling is None:
+        return inv_freq
+    kind = scaling["rope_type"]
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        return _llama3_frequencies(inv_freq, scaling)
+    raise ValueError(f"unknown rope_scaling type {kind!r}; known: linear, llama3")
 
-    def __init__(self, head_dim: int, max_len: int, theta: float = 10000.0) -> None:
+
+def _llama3_frequencies(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
+    factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_len = scaling["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    long_wave, short_wave = wavelen > old_len / low, wavelen < old_len / high
+    smooth = (old_len / wavelen - low) / (high - low)  # 0 at the long edge, 1 at the short edge
+    between = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    scaled = torch.where(long_wave, inv_freq / factor, between)
+    return torch.where(short_wave, inv_freq, scaled)
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables for positions [0, max_len); `scaling` as in
+    `inverse_frequencies`."""
+
+    def __init__(
+        self, head_dim: int, max_len: int, theta: float = 10000.0, scaling: dict | None = None
+    ) -> None:
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+        inv_freq = inverse_frequencies(head_dim, theta, scaling)  # (D/2,)
         angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, D/2)
         angles = torch.cat([angles, angles], dim=-1)  # (L, D)
         self.register_buffer("cos", angles.cos().float(), persistent=False)

@@ -1,4 +1,9 @@
-"""`lmforge generate`: continue one or more prompts with a trained model, streaming to stdout."""
+"""`lmforge generate`: continue one or more prompts with a trained model, streaming to stdout.
+
+With `--chat` each prompt becomes one user message rendered with the model's chat template (and its
+generation prompt), and generation stops at the template's end-of-turn token: the output is the
+answer alone.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from lmforge.errors import UserError
 from lmforge.infer import SamplingParams
 from lmforge.infer.generate import stream_batch
 from lmforge.models.loading import load_model_and_tokenizer
+from lmforge.tokenizer.chat import get_chat_template
 
 
 @dataclass
@@ -25,6 +31,8 @@ class GenerateConfig:
     """auto, cpu, cuda or mps."""
     ignore_eos: bool = False
     """Keep generating past the end-of-text token."""
+    chat: bool = False
+    """Treat each prompt as a user message in the model's chat template; stop at end-of-turn."""
 
 
 def main(cfg: GenerateConfig, out=None) -> list[str]:
@@ -32,14 +40,21 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     if not cfg.prompts:
         raise UserError("give at least one --prompt")
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    prompts, stop, stop_ids = cfg.prompts, list(cfg.stop), set()
+    if cfg.chat:
+        template = get_chat_template(tokenizer)
+        prompts = [template.render([{"role": "user", "content": p}], True) for p in cfg.prompts]
+        stop += template.stop_strings
+        stop_ids = set() if cfg.ignore_eos else template.stop_token_ids
     texts = ["" for _ in cfg.prompts]
     streaming = len(cfg.prompts) == 1
-    if streaming:
+    if streaming and not cfg.chat:
         out.write(cfg.prompts[0])
         out.flush()
-    for pieces in stream_batch(
-        model, tokenizer, cfg.prompts, cfg.sampling, cfg.stop, cfg.ignore_eos
-    ):
+    batches = stream_batch(
+        model, tokenizer, prompts, cfg.sampling, stop, cfg.ignore_eos, stop_token_ids=stop_ids
+    )
+    for pieces in batches:
         texts = [t + p for t, p in zip(texts, pieces)]
         if streaming and pieces[0]:
             out.write(pieces[0])
@@ -48,6 +63,7 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
         out.write("\n")
     else:
         for i, (prompt, text) in enumerate(zip(cfg.prompts, texts)):
-            out.write(f"--- [{i}] ---\n{prompt}{text}\n")
+            shown = f"> {prompt}\n{text}" if cfg.chat else prompt + text
+            out.write(f"--- [{i}] ---\n{shown}\n")
     out.flush()
     return texts

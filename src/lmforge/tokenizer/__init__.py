@@ -3,16 +3,21 @@
 - `core.py`   the `Tokenizer` wrapper (encode/decode, save/load, fingerprint) and `load_tokenizer`
 - `train.py`  `train_bpe` (byte-level BPE) and `train_char` (nanoGPT's character vocabulary)
 - `gpt2.py`   GPT-2's tokenizer rebuilt offline from the `gpt2.tiktoken` ranks file
+- `chat.py`   Jinja chat templates: render conversations, tokenize them with an assistant mask
 """
 
+from lmforge.tokenizer.chat import ChatTemplate, apply_chat_template, get_chat_template
 from lmforge.tokenizer.core import EOS_TOKEN, Tokenizer, load_tokenizer
 from lmforge.tokenizer.gpt2 import gpt2_tokenizer, load_gpt2_tokenizer
 from lmforge.tokenizer.train import DEFAULT_SPECIAL_TOKENS, train_bpe, train_char
 
 __all__ = [
+    "ChatTemplate",
     "DEFAULT_SPECIAL_TOKENS",
     "EOS_TOKEN",
     "Tokenizer",
+    "apply_chat_template",
+    "get_chat_template",
     "gpt2_tokenizer",
     "load_gpt2_tokenizer",
     "load_tokenizer",

@@ -27,7 +27,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import UserError
-from lmforge.fileio import atomic_path, write_text_atomic
+from lmforge.fileio import atomic_path, write_json_atomic, write_text_atomic
 
 EOS_TOKEN = "<|endoftext|>"
 """The end-of-text token appended after each document (GPT-2's name for it)."""
@@ -35,6 +35,8 @@ EOS_TOKEN = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 """The model's Jinja chat template, saved beside `tokenizer.json` (as `transformers` does)."""
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+"""Beside `tokenizer.json`: the names of the bos/eos tokens (`transformers`' file and keys)."""
 
 # The pre-tokenizer `train_char` installs: every character becomes its own word.
 CHAR_SPLIT_PATTERN = r"[\s\S]"
@@ -45,9 +47,17 @@ GPT2_VOCAB_SIZE = 50257
 class Tokenizer:
     """A tokenizer of any kind (see the module docstring), backed by `tokenizers.Tokenizer`."""
 
-    def __init__(self, backend: HFTokenizer, chat_template: str | None = None) -> None:
+    def __init__(
+        self,
+        backend: HFTokenizer,
+        chat_template: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+    ) -> None:
         self.backend = backend  # treat as read-only: kind, specials and JSON are cached below
         self.chat_template = chat_template  # Jinja source, or None for a plain LM
+        self.bos_token = bos_token  # e.g. "<|im_start|>" for SmolLM2; None: no beginning token
+        self.eos_token = eos_token  # the token that ends generation; None: `<|endoftext|>`
         self._json: str | None = None
         self.kind = _infer_kind(backend)
         added = backend.get_added_tokens_decoder()
@@ -77,6 +87,9 @@ class Tokenizer:
         template = file.parent / CHAT_TEMPLATE_FILE
         if template.is_file():
             tokenizer.chat_template = template.read_text(encoding="utf-8")
+        tokenizer.bos_token, tokenizer.eos_token = _read_bos_eos(
+            file.parent / TOKENIZER_CONFIG_FILE
+        )
         return tokenizer
 
     @classmethod
@@ -105,6 +118,11 @@ class Tokenizer:
             tmp.write_text(self.backend.to_str(pretty=True), encoding="utf-8")
         if self.chat_template is not None:
             write_text_atomic(Path(directory) / CHAT_TEMPLATE_FILE, self.chat_template)
+        if self.bos_token is not None or self.eos_token is not None:
+            config = Path(directory) / TOKENIZER_CONFIG_FILE
+            existing = _read_json_object(config)  # keep what other tools wrote there
+            existing.update(bos_token=self.bos_token, eos_token=self.eos_token)
+            write_json_atomic(config, existing)
         return target
 
     # ---------------------------------------------------------------------------------- encoding
@@ -140,8 +158,13 @@ class Tokenizer:
 
     @property
     def eos_id(self) -> int | None:
-        """Id of `<|endoftext|>`, or None when the tokenizer has no such token."""
-        return self.backend.token_to_id(EOS_TOKEN)
+        """Id of the end token (`eos_token`, else `<|endoftext|>`), or None when there is none."""
+        return self.backend.token_to_id(self.eos_token or EOS_TOKEN)
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id of `bos_token`, or None when the tokenizer has no beginning-of-sequence token."""
+        return self.backend.token_to_id(self.bos_token) if self.bos_token else None
 
     @property
     def special_tokens(self) -> list[str]:
@@ -186,6 +209,28 @@ class Tokenizer:
             for c in text:
                 if c not in self._char_to_id:
                     raise self._oov_error(c)
+
+
+def _read_json_object(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read {path} ({e}); fix or delete it") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _token_name(value) -> str | None:
+    """A special token as `tokenizer_config.json` writes it: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def _read_bos_eos(path: Path) -> tuple[str | None, str | None]:
+    config = _read_json_object(path)
+    return _token_name(config.get("bos_token")), _token_name(config.get("eos_token"))
 
 
 def _infer_kind(backend: HFTokenizer) -> str:

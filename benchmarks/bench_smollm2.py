@@ -1,0 +1,185 @@
+"""SmolLM2-135M-Instruct on CPU: lmforge against transformers on the same GGUF file.
+
+Both sides load the offline Q4_1 GGUF (`lmforge data fetch smollm2-135m-instruct`) and dequantize it
+to fp32: lmforge through `interop/gguf.py`, transformers through `from_pretrained(gguf_file=...)`.
+Measured, each side in a fresh process of its own (so peak memory is its own):
+- greedy decoding tokens/s with the KV cache, a 16-token prompt and 128 new tokens, batch 1 and 8
+  (target: at least 1.5x transformers `generate()`); the two must produce the same tokens;
+- time to first token for a 512-token prompt (prefill and one sampled token);
+- peak resident memory (RSS) of the process after the measurements.
+fp32 throughout: this CPU has no native bf16 (ANCHORS.md).
+
+    python benchmarks/bench_smollm2.py [--rounds 3] [--new 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from common import machine, median, run_worker, table, timed
+
+TARGET = 1.5
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def gguf_path() -> Path:
+    from lmforge.data.sources import fetch
+
+    return fetch("smollm2-135m-instruct") / GGUF_NAME
+
+
+def prompt_ids(tokenizer_encode, length: int, batch: int) -> list[list[int]]:
+    """`batch` different prompts of exactly `length` tokens, cut from a Shakespeare play."""
+    from lmforge.data.sources import resolve_text_inputs
+
+    text = resolve_text_inputs("hamlet")[0].read_text(encoding="utf-8")
+    ids = tokenizer_encode(text[: 200 * (length + batch)])
+    return [ids[i * 7 : i * 7 + length] for i in range(batch)]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def worker_lmforge(rounds: int, new: int, batches: list[int]) -> dict:
+    from lmforge.infer import Engine, SamplingParams
+    from lmforge.interop.gguf import load_gguf
+
+    start = time.perf_counter()
+    model, tokenizer = load_gguf(gguf_path())
+    load_s = time.perf_counter() - start
+    engine = Engine(model)
+    result = {"load_s": load_s, "decode": {}, "tokens": {}}
+    params = SamplingParams(temperature=0, max_new_tokens=new)
+    for batch in batches:
+        prompts = prompt_ids(tokenizer.encode, 16, batch)
+        result["tokens"][batch] = engine.generate_ids(prompts, params)  # also the warm-up
+        rates = [
+            batch * new / timed(lambda p=prompts: engine.generate_ids(p, params))
+            for _ in range(rounds)
+        ]
+        result["decode"][batch] = median(rates)
+    long_prompt = prompt_ids(tokenizer.encode, 512, 1)
+    one = SamplingParams(temperature=0, max_new_tokens=1)
+    result["ttft_s"] = median(
+        [timed(lambda: engine.generate_ids(long_prompt, one)) for _ in range(rounds)]
+    )
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, torch_dtype=torch.float32
+    ).eval()
+    load_s = time.perf_counter() - start
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+    def run(prompts: list[list[int]], max_new: int) -> list[list[int]]:
+        ids = torch.tensor(prompts)
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new,
+                min_new_tokens=max_new,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        return out[:, ids.shape[1] :].tolist()
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    result = {"load_s": load_s, "decode": {}, "tokens": {}}
+    for batch in batches:
+        prompts = prompt_ids(encode, 16, batch)
+        result["tokens"][batch] = run(prompts, new)  # also the warm-up
+        rates = [batch * new / timed(lambda p=prompts: run(p, new)) for _ in range(rounds)]
+        result["decode"][batch] = median(rates)
+    long_prompt = prompt_ids(encode, 512, 1)
+    result["ttft_s"] = median([timed(lambda: run(long_prompt, 1)) for _ in range(rounds)])
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+WORKERS = {"lmforge": worker_lmforge, "transformers": worker_transformers}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--new", type=int, default=128, help="new tokens per decoding run")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.worker:
+        result = WORKERS[args.worker](args.rounds, args.new, batches)
+        print(json.dumps(result))
+        return
+    print(f"machine: {machine()}")
+    gguf_path()  # fetch once, before the workers
+    common = ["--rounds", str(args.rounds), "--new", str(args.new), "--batches", args.batches]
+    ours = run_worker(__file__, "lmforge", *common)
+    peer = run_worker(__file__, "transformers", *common)
+    rows = []
+    for batch in batches:
+        key = str(batch)
+        ratio = ours["decode"][key] / peer["decode"][key]
+        same = ours["tokens"][key] == peer["tokens"][key]
+        verdict = "PASS" if ratio >= TARGET else "FAIL"
+        rows.append(
+            (
+                f"decode, batch {batch} (new tokens/s)",
+                f"{ours['decode'][key]:,.1f}",
+                f"{peer['decode'][key]:,.1f}",
+                f"{ratio:.2f}x",
+                f"same tokens: {'yes' if same else 'NO'}; >= {TARGET}x {verdict}",
+            )
+        )
+    rows.append(
+        (
+            "time to first token, 512-token prompt",
+            f"{ours['ttft_s'] * 1000:,.0f} ms",
+            f"{peer['ttft_s'] * 1000:,.0f} ms",
+            f"{peer['ttft_s'] / ours['ttft_s']:.2f}x faster",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "peak RSS",
+            f"{ours['peak_rss_mb']:,.0f} MB",
+            f"{peer['peak_rss_mb']:,.0f} MB",
+            f"{ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "load the GGUF (dequantize to fp32)",
+            f"{ours['load_s']:.1f} s",
+            f"{peer['load_s']:.1f} s",
+            "",
+            "",
+        )
+    )
+    print(table(rows, ("SmolLM2-135M, fp32", "lmforge", "transformers", "ratio", "check")))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
