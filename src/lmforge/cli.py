@@ -73,6 +73,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--device", default="auto")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
+    p.add_argument("--chat", action="store_true", help="each prompt is a user turn (chat template)")
+    _add_sampling_args(p)
+
+    p = sub.add_parser("eval", help="evaluate a model")
+    esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = esub.add_parser("perplexity", help="sliding-window perplexity and bits per byte")
+    e.add_argument("--model", required=True, help="model or run directory")
+    e.add_argument("--data", required=True, nargs="+", help="text files, globs or a source name")
+    e.add_argument("--context", type=int, help="window length (default: model max_seq_len)")
+    e.add_argument("--stride", type=int, help="window step (default: context / 2)")
+    e.add_argument("--batch-size", type=int, help="windows per forward pass")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="fp32", help="fp32 (default), auto, bf16 or fp16")
+    e.add_argument("--no-eos-prefix", action="store_true", help="do not score the first token")
+    e.add_argument("--json", action="store_true", help="print a JSON object")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "convert",
+        help="convert a model between GGUF, Hugging Face and lmforge formats",
+        description="Convert a model. The source format is detected: a GGUF file, a Hugging "
+        "Face directory (config.json + safetensors) or an lmforge model directory.",
+    )
+    p.add_argument("source", help="GGUF file or model directory")
+    p.add_argument("--out", required=True, help="output directory (or .gguf file)")
+    p.add_argument("--to", choices=["lmforge", "hf", "gguf"], default="lmforge")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "f32", "bf16", "f16", "q8_0"],
+        help="storage type: fp32|bf16|f16 for lmforge/hf, f32|f16|q8_0 for gguf (default full)",
+    )
+
+    p = sub.add_parser("chat", help="multi-turn chat with a model in the terminal")
+    p.add_argument("--model", required=True, help="model or run directory")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument(
+        "--template", default=None, help="chat template: chatml, plain, default or a .jinja file"
+    )
+    p.add_argument("--device", default="auto")
     _add_sampling_args(p)
 
     sub.add_parser("presets", help="list the model presets with size and FLOPs per token")
@@ -123,9 +162,43 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         )
         generate.main(
             generate.GenerateConfig(
-                args.model, args.prompt, params, args.stop, args.device, args.ignore_eos
+                args.model, args.prompt, params, args.stop, args.device, args.ignore_eos, args.chat
             )
         )
+    elif args.command == "eval":
+        from lmforge.recipes import eval as eval_recipe
+
+        eval_recipe.perplexity_main(
+            eval_recipe.PerplexityConfig(
+                args.model,
+                args.data,
+                args.context,
+                args.stride,
+                args.batch_size,
+                args.device,
+                args.precision,
+                not args.no_eos_prefix,
+                args.json,
+                not args.no_progress,
+            )
+        )
+    elif args.command == "convert":
+        from lmforge.recipes import convert
+
+        convert.main(convert.ConvertConfig(args.source, args.out, args.to, args.dtype))
+    elif args.command == "chat":
+        from lmforge.infer import SamplingParams
+        from lmforge.recipes import chat
+
+        params = SamplingParams(
+            args.temperature,
+            args.top_k,
+            args.top_p,
+            args.repetition_penalty,
+            args.max_new_tokens,
+            args.seed,
+        )
+        chat.main(chat.ChatConfig(args.model, args.system, params, args.template, args.device))
     elif args.command == "presets":
         from lmforge.models import GPT, PRESETS, get_preset
 

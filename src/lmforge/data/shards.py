@@ -76,7 +76,7 @@ def prepare(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     dtype = token_dtype(tokenizer.vocab_size)
-    eos = tokenizer.eos_id if append_eos else None
+    eos = tokenizer.document_separator_id if append_eos else None
     total_bytes = sum(p.stat().st_size for p in paths)
 
     with atomic_path(out_dir) as tmp:

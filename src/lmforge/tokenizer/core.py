@@ -162,6 +162,15 @@ class Tokenizer:
         return self.backend.token_to_id(self.eos_token or EOS_TOKEN)
 
     @property
+    def document_separator_id(self) -> int | None:
+        """The token between documents of pre-training data: `<|endoftext|>` (GPT-2, SmolLM2,
+        `lmforge prepare`), else the bos token, else the eos token; None when there is none."""
+        for token_id in (self.backend.token_to_id(EOS_TOKEN), self.bos_id, self.eos_id):
+            if token_id is not None:
+                return token_id
+        return None
+
+    @property
     def bos_id(self) -> int | None:
         """Id of `bos_token`, or None when the tokenizer has no beginning-of-sequence token."""
         return self.backend.token_to_id(self.bos_token) if self.bos_token else None

@@ -1,0 +1,5 @@
+"""Evaluation: sliding-window perplexity and bits per byte (`perplexity.py`)."""
+
+from lmforge.eval.perplexity import PerplexityResult, perplexity, sliding_windows
+
+__all__ = ["PerplexityResult", "perplexity", "sliding_windows"]
