@@ -26,7 +26,11 @@ def inverse_frequencies(
     head_dim: int, theta: float = 10000.0, scaling: dict | None = None
 ) -> torch.Tensor:
     """The D/2 rotation frequencies theta^(-2i/D) in float64, rescaled by `scaling` (see above)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    # Always computed on the CPU (then moved with the module): the tables are small, and under a
+    # `torch.device("meta")` context float64 maths on meta tensors would pull in the symbolic
+    # machinery of torch (~2 s of imports) for nothing.
+    channels = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu")
+    inv_freq = 1.0 / (theta ** (channels / head_dim))
     if scaling is None:
         return inv_freq
     kind = scaling["rope_type"]
@@ -57,7 +61,8 @@ class RotaryEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         inv_freq = inverse_frequencies(head_dim, theta, scaling)  # (D/2,)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, D/2)
+        positions = torch.arange(max_len, dtype=torch.float64, device="cpu")
+        angles = torch.outer(positions, inv_freq)  # (L, D/2)
         angles = torch.cat([angles, angles], dim=-1)  # (L, D)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
