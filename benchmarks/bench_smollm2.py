@@ -9,7 +9,7 @@ Measured, each side in a fresh process of its own (so peak memory is its own):
 - peak resident memory (RSS) of the process after the measurements.
 fp32 throughout: this CPU has no native bf16 (ANCHORS.md).
 
-    python benchmarks/bench_smollm2.py [--rounds 3] [--new 128]
+    python benchmarks/bench_smollm2.py [--rounds 3] [--new 128] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -81,10 +81,13 @@ def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
     path = gguf_path()
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, torch_dtype=torch.float32
+        path.parent, gguf_file=path.name, dtype=torch.float32
     ).eval()
     load_s = time.perf_counter() - start
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # Never stop at, nor suppress, the end token: both sides generate exactly `new` tokens with
+    # the same rule (`min_new_tokens` would instead forbid the end token and change the text).
+    model.generation_config.eos_token_id = None
 
     def run(prompts: list[list[int]], max_new: int) -> list[list[int]]:
         ids = torch.tensor(prompts)
@@ -94,7 +97,6 @@ def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
                 attention_mask=torch.ones_like(ids),
                 do_sample=False,
                 max_new_tokens=max_new,
-                min_new_tokens=max_new,
                 pad_token_id=tokenizer.eos_token_id,
             )
         return out[:, ids.shape[1] :].tolist()
@@ -117,11 +119,23 @@ def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
 WORKERS = {"lmforge": worker_lmforge, "transformers": worker_transformers}
 
 
+def combine(results: list[dict]) -> dict:
+    """One side's figures over its worker processes: medians, and the tokens of the first."""
+    return {
+        "decode": {b: median([r["decode"][b] for r in results]) for b in results[0]["decode"]},
+        "tokens": results[0]["tokens"],
+        "ttft_s": median([r["ttft_s"] for r in results]),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
+        "load_s": median([r["load_s"] for r in results]),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--new", type=int, default=128, help="new tokens per decoding run")
     ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--repeats", type=int, default=2, help="worker processes per side")
     ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -133,8 +147,11 @@ def main() -> None:
     print(f"machine: {machine()}")
     gguf_path()  # fetch once, before the workers
     common = ["--rounds", str(args.rounds), "--new", str(args.new), "--batches", args.batches]
-    ours = run_worker(__file__, "lmforge", *common)
-    peer = run_worker(__file__, "transformers", *common)
+    runs: dict[str, list[dict]] = {"lmforge": [], "transformers": []}
+    for _ in range(args.repeats):  # alternate the processes, so drift hits both sides alike
+        for side in runs:
+            runs[side].append(run_worker(__file__, side, *common))
+    ours, peer = combine(runs["lmforge"]), combine(runs["transformers"])
     rows = []
     for batch in batches:
         key = str(batch)

@@ -23,6 +23,20 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
 
 
+def _sampling_params(args: argparse.Namespace):
+    """`SamplingParams` from the options of `_add_sampling_args` (it validates their ranges)."""
+    from lmforge.infer import SamplingParams
+
+    return SamplingParams(
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        args.repetition_penalty,
+        args.max_new_tokens,
+        args.seed,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge", description="Train, load, fine-tune, evaluate and use transformer LMs."
@@ -149,17 +163,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         cfg = pretrain.load_config(args.config, extra, Path(args.out), args.resume)
         pretrain.main(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
     elif args.command == "generate":
-        from lmforge.infer import SamplingParams
         from lmforge.recipes import generate
 
-        params = SamplingParams(
-            args.temperature,
-            args.top_k,
-            args.top_p,
-            args.repetition_penalty,
-            args.max_new_tokens,
-            args.seed,
-        )
+        params = _sampling_params(args)
         generate.main(
             generate.GenerateConfig(
                 args.model, args.prompt, params, args.stop, args.device, args.ignore_eos, args.chat
@@ -187,17 +193,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
         convert.main(convert.ConvertConfig(args.source, args.out, args.to, args.dtype))
     elif args.command == "chat":
-        from lmforge.infer import SamplingParams
         from lmforge.recipes import chat
 
-        params = SamplingParams(
-            args.temperature,
-            args.top_k,
-            args.top_p,
-            args.repetition_penalty,
-            args.max_new_tokens,
-            args.seed,
-        )
+        params = _sampling_params(args)
         chat.main(chat.ChatConfig(args.model, args.system, params, args.template, args.device))
     elif args.command == "presets":
         from lmforge.models import GPT, PRESETS, get_preset

@@ -45,6 +45,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp.unlink()
     try:
         yield tmp
+        if tmp.is_file():  # some writers (safetensors) create 0600 files: use the usual mode
+            tmp.chmod(0o666 & ~_umask())
         _fsync_tree(tmp)
         if target.is_dir() and not target.is_symlink():
             old = target.with_name(f".{target.name}.old")
@@ -61,6 +63,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_tree(path: Path) -> None:

@@ -1,15 +1,9 @@
 """The real SmolLM2-135M-Instruct (Q4_1 GGUF) through our importer agrees with `transformers`
 reading the same file: the same dequantized weights, logits within 1e-3 (fp32), the same greedy
 continuation and the same token ids. Our Q8_0 export of it reads back with the same tokenizer.
-
-`AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)` needs the `accelerate` package; without
-it the transformers model is built the way from_pretrained builds it: the config from the GGUF
-(`AutoConfig`), then transformers' own GGUF loader (`load_gguf_checkpoint`) for the tensors.
 """
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
@@ -51,18 +45,9 @@ def ours(path):
 @pytest.fixture(scope="module")
 def theirs(path):
     directory = path.parent
-    if importlib.util.find_spec("accelerate") is not None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            directory, gguf_file=FILE, dtype=torch.float32
-        )
-    else:
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        config = transformers.AutoConfig.from_pretrained(directory, gguf_file=FILE)
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)
-        missing, unexpected = model.load_state_dict(tensors["tensors"], strict=False)
-        assert set(missing) <= {"lm_head.weight"} and not unexpected  # lm_head: tied
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=FILE, dtype=torch.float32
+    )
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=FILE)
     return model.eval(), tokenizer
 

