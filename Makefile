@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_decode.py
 	$(BIN)/python benchmarks/bench_quality.py --data ../shared/data/tinyshakespeare.txt
+	$(BIN)/python benchmarks/bench_smollm2.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
