@@ -45,13 +45,13 @@ from lmforge.models.loading import (
 )
 from lmforge.nn import RotaryEmbedding
 from lmforge.tokenizer import EOS_TOKEN, Tokenizer
+from lmforge.tokenizer.core import TOKENIZER_CONFIG_FILE
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 # architectures[0] or model_type -> converter module
@@ -167,13 +167,14 @@ def load_tokenizer(directory: Path, hf_config: dict | None = None) -> Tokenizer 
         tok_config = _read_json(directory / TOKENIZER_CONFIG_FILE, what="a tokenizer config")
     if tokenizer.chat_template is None:
         tokenizer.chat_template = _chat_template(directory, tok_config)
+    # bos/eos named in tokenizer_config.json are already set by `Tokenizer.from_file`; else the ids
     ids = {**(hf_config or {}), **_optional_json(directory / GENERATION_CONFIG_FILE)}
     for name in ("bos_token", "eos_token"):
-        token = _token_content(tok_config.get(name))
-        if token is None:
-            token_id = ids.get(f"{name}_id")
-            token_id = token_id[0] if isinstance(token_id, list) and token_id else token_id
-            token = tokenizer.id_to_token(token_id) if isinstance(token_id, int) else None
+        if getattr(tokenizer, name) is not None:
+            continue
+        token_id = ids.get(f"{name}_id")
+        token_id = token_id[0] if isinstance(token_id, list) and token_id else token_id
+        token = tokenizer.id_to_token(token_id) if isinstance(token_id, int) else None
         if token is not None and tokenizer.token_to_id(token) is not None:
             setattr(tokenizer, name, token)
     return tokenizer
@@ -189,13 +190,6 @@ def _chat_template(directory: Path, tok_config: dict) -> str | None:
     if template is None:
         template = _optional_json(directory / "chat_template.json").get("chat_template")
     return template if isinstance(template, str) else None
-
-
-def _token_content(value) -> str | None:
-    """A special token of tokenizer_config.json: a string or an AddedToken dict."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else None
 
 
 def _read_json(path: Path, what: str) -> dict:
