@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.infer.fast_linear import DecodeLinear, use_decode_linears
+from lmforge.nn.fused import fused_projections
 from lmforge.train.fused_ce import linear_cross_entropy
 
 
@@ -55,3 +56,45 @@ def test_use_decode_linears_keeps_ties_and_trainability():
     assert set(model.state_dict()) == keys
     model(torch.randint(0, 64, (2, 5))).sum().backward()  # with grad: plain nn.Linear path
     assert model.layers[0].attn.q_proj.weight.grad is not None
+
+
+class _Scaled(nn.Module):
+    """A projection that is not a plain nn.Linear (as a LoRA wrapper would be)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+        self.out_features = linear.out_features
+
+    def forward(self, x):
+        return 2 * self.linear(x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [4, 96])  # below and above MIN_ROWS
+def test_fused_projections_equal_separate_ones_with_gradients(rows, bias):
+    torch.manual_seed(0)
+    projections = [nn.Linear(16, n, bias=bias) for n in (16, 8, 8)]
+    x = torch.randn(rows, 16, requires_grad=True)
+    fused = fused_projections(x, projections)
+    sum((i + 1) * y.square().sum() for i, y in enumerate(fused)).backward()
+    fused_grads = [x.grad] + [p.weight.grad for p in projections]
+    x.grad = None
+    for p in projections:
+        p.weight.grad = None
+    separate = [p(x) for p in projections]
+    sum((i + 1) * y.square().sum() for i, y in enumerate(separate)).backward()
+    for a, b in zip(
+        fused + fused_grads, separate + [x.grad] + [p.weight.grad for p in projections]
+    ):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_projections_call_substituted_modules():
+    torch.manual_seed(0)
+    plain = nn.Linear(16, 16)
+    wrapped = _Scaled(nn.Linear(16, 8))
+    x = torch.randn(64, 16)
+    q, k = fused_projections(x, [plain, wrapped])
+    torch.testing.assert_close(k, wrapped(x))
+    torch.testing.assert_close(q, plain(x))

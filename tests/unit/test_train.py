@@ -13,6 +13,7 @@ from lmforge.models import GPT, get_preset
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.loop import TrainConfig, train
 from lmforge.train.losses import causal_lm_loss
+from lmforge.train.optim import clip_grad_norm
 from lmforge.train.schedule import cosine_lr
 
 
@@ -73,6 +74,21 @@ def test_schedule_warmup_cosine_floor():
     assert cosine_lr(55, 1.0, 0.1, 10, 100) == pytest.approx(0.55)
     assert cosine_lr(100, 1.0, 0.1, 10, 100) == pytest.approx(0.1)
     assert cosine_lr(500, 1.0, 0.1, 10, 100) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("max_norm", [0.1, 1e6])  # clipped, and left alone
+def test_clip_grad_norm_equals_torch(max_norm):
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, ref):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+    norm = clip_grad_norm(ours, max_norm)
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(ref, max_norm))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours])) <= max_norm + 1e-4
 
 
 def test_loss_falls(tmp_path):

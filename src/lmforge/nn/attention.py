@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.nn.fused import fused_projections
 from lmforge.nn.rope import apply_rotary
 
 
@@ -103,13 +104,10 @@ class Attention(nn.Module):
         aligned to the end of the keys (so it also holds when a cache precedes the new tokens).
         """
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = (
-            self.k_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, Hkv, T, D)
-        v = (
-            self.v_proj(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, Hkv, T, D)
+        q, k, v = fused_projections(x, [self.q_proj, self.k_proj, self.v_proj])
+        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         if rope is not None:
             cos, sin = rope
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.nn.fused import fused_projections
+
 
 class GeluMLP(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool = True, approximate: str = "tanh") -> None:
@@ -32,4 +34,5 @@ class SwiGLUMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = fused_projections(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(F.silu(gate) * up)

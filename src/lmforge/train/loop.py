@@ -32,7 +32,7 @@ from lmforge.errors import UserError
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.dist import DistInfo, all_reduce_mean, barrier
 from lmforge.train.metrics import MetricsLog
-from lmforge.train.optim import make_adamw
+from lmforge.train.optim import clip_grad_norm, make_adamw
 from lmforge.train.schedule import cosine_lr
 
 
@@ -205,6 +205,7 @@ def train(
         )
     model.to(device).train()
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device=device)
+    trained = [p for group in optimizer.param_groups for p in group["params"]]
 
     start_step, tokens_seen, elapsed_before = 0, 0, 0.0
     if resume:
@@ -280,11 +281,7 @@ def train(
                     loss = objective(train_model, (x, y)) / cfg.grad_accum
                 loss.backward()
             window_loss += loss.detach()
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if cfg.grad_clip > 0
-            else None
-        )
+        grad_norm = clip_grad_norm(trained, cfg.grad_clip) if cfg.grad_clip > 0 else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += tokens_per_step
