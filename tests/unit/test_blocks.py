@@ -122,3 +122,16 @@ def test_sdpa_causal_reference_sanity():
     q = k = v = torch.randn(1, 1, 4, 8)
     out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(out[0, 0, 0], v[0, 0, 0])  # the first query sees only itself
+
+
+def test_kv_cache_reorder_keeps_the_chosen_sequences():
+    cache = KVCache(num_layers=2, batch_size=3, num_kv_heads=1, max_len=4, head_dim=2)
+    k = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 2, 2)  # sequence i holds the value i
+    for layer in range(2):
+        cache.update(layer, k, -k)
+    cache.advance(2)
+    cache.reorder(torch.tensor([2, 0]))
+    keys, values = cache.update(1, torch.full((2, 1, 1, 2), 9.0), torch.zeros(2, 1, 1, 2))
+    assert keys.shape == (2, 1, 3, 2)
+    assert keys[:, 0, :2, 0].tolist() == [[2.0, 2.0], [0.0, 0.0]]
+    assert keys[:, 0, 2, 0].tolist() == [9.0, 9.0] and values[0, 0, 0, 0] == -2.0

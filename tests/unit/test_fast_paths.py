@@ -98,3 +98,47 @@ def test_fused_projections_call_substituted_modules():
     q, k = fused_projections(x, [plain, wrapped])
     torch.testing.assert_close(k, wrapped(x))
     torch.testing.assert_close(q, plain(x))
+
+
+def _llama(**overrides):
+    from lmforge.models import GPT, get_preset
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
+    return GPT(get_preset("llama-tiny", **{**shape, **overrides})).eval()
+
+
+def test_decode_groups_share_one_buffer_and_compute_the_same_logits():
+    model, reference = _llama(), _llama()
+    ids = torch.randint(0, 64, (3, 6))
+    use_decode_linears(model)
+    attn, mlp = model.layers[0].attn, model.layers[0].mlp
+    group = attn.q_proj.decode_group
+    assert group.serves([attn.q_proj, attn.k_proj, attn.v_proj])
+    assert attn.k_proj.weight.untyped_storage().data_ptr() == group.weight.data_ptr()
+    assert mlp.gate_proj.decode_group.serves([mlp.gate_proj, mlp.up_proj])
+    assert set(model.state_dict()) == set(reference.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), reference(ids), atol=1e-5, rtol=1e-5)
+        for t in range(ids.size(1)):  # one row at a time: the grouped decoding product
+            rows = model(ids[:, : t + 1])[:, -1]
+            torch.testing.assert_close(
+                rows, reference(ids[:, : t + 1])[:, -1], atol=1e-5, rtol=1e-5
+            )
+
+
+def test_a_replaced_weight_retires_its_decode_group(tmp_path):
+    from lmforge.models.loading import load_model, save_model
+
+    model = use_decode_linears(_llama())
+    attn = model.layers[0].attn
+    attn.q_proj.weight.data = torch.zeros_like(attn.q_proj.weight)  # no longer a view
+    assert not attn.q_proj.decode_group.serves([attn.q_proj, attn.k_proj, attn.v_proj])
+    x = torch.randn(1, 1, 32)
+    with torch.no_grad():
+        q, _, _ = fused_projections(x, [attn.q_proj, attn.k_proj, attn.v_proj])
+    assert q.abs().max() == 0  # the replaced weight was used, not the stale buffer
+    save_model(model, tmp_path)  # views of one buffer are saved as tensors of their own
+    loaded = load_model(tmp_path)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)

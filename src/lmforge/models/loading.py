@@ -27,7 +27,16 @@ def model_state(model: GPT) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     if model.config.tie_embeddings:
         state.pop("lm_head.weight", None)
-    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    return {k: _standalone(v.detach().to("cpu")) for k, v in state.items()}
+
+
+def _standalone(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor with storage of its own (decoding groups some weights into one buffer,
+    and safetensors refuses tensors that share memory)."""
+    tensor = tensor.contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
 
 
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None):

@@ -43,6 +43,12 @@ class KVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.length = 0  # positions filled so far (the same for every layer once a step is done)
+        self._split_layers()
+
+    def _split_layers(self) -> None:
+        # per-layer views made once: a decoding step then costs two copies and two narrows a layer
+        self.layer_keys = [self.keys[i] for i in range(self.keys.size(0))]
+        self.layer_values = [self.values[i] for i in range(self.values.size(0))]
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
@@ -51,9 +57,10 @@ class KVCache:
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}")
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]  # (B, Hkv, S, D)
+        keys, values = self.layer_keys[layer], self.layer_values[layer]  # (B, Hkv, max_len, D)
+        keys.narrow(2, start, end - start).copy_(k)
+        values.narrow(2, start, end - start).copy_(v)
+        return keys.narrow(2, 0, end), values.narrow(2, 0, end)  # (B, Hkv, S, D)
 
     def advance(self, num_positions: int) -> None:
         """Mark `num_positions` more positions as filled (called once per forward pass)."""
@@ -63,9 +70,12 @@ class KVCache:
         """Keep the sequences `index` (for beam search or dropping finished rows)."""
         self.keys = self.keys[:, index]
         self.values = self.values[:, index]
+        self._split_layers()
 
 
 class Attention(nn.Module):
+    projection_groups = (("q_proj", "k_proj", "v_proj"),)  # one input: see nn/fused.py
+
     def __init__(
         self,
         hidden_size: int,

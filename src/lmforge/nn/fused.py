@@ -12,7 +12,10 @@ each (about 1.5% of a training step at nanoGPT's width of 128 on a CPU, benchmar
 The projections stay separate `nn.Linear` children with their own names and parameters, so
 checkpoints, converters and in-place substitutions (LoRA, quantization, decoding kernels) see
 them as usual: when any of them is not a plain `nn.Linear`, or when there are too few rows for
-the product to outweigh copying the weights, each runs on its own.
+the product to outweigh copying the weights, each runs on its own. A module lists its groups in
+`projection_groups`. For decoding, `infer.fast_linear` moves a group's weights into one buffer
+for good (`DecodeGroup`, attached to the first projection as `decode_group`), which is then used
+without any copy.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ MIN_ROWS = 32  # below this, copying the weights costs more than the fused produ
 
 def fused_projections(x: torch.Tensor, projections: list[nn.Module]) -> list[torch.Tensor]:
     """`[p(x) for p in projections]`, computed as one product when they are plain nn.Linear."""
+    group = getattr(projections[0], "decode_group", None)
+    if group is not None and not torch.is_grad_enabled() and group.serves(projections):
+        return group(x)
     plain = all(type(p) is nn.Linear for p in projections)
     with_bias = [p.bias is not None for p in projections] if plain else []
     rows = x.numel() // x.size(-1)

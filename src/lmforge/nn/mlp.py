@@ -27,6 +27,8 @@ class GeluMLP(nn.Module):
 
 
 class SwiGLUMLP(nn.Module):
+    projection_groups = (("gate_proj", "up_proj"),)  # one input: see nn/fused.py
+
     def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(dim, hidden, bias=bias)
