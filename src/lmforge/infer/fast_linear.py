@@ -86,7 +86,7 @@ class DecodeGroup:
         if self.bias is not None:
             for linear, rows in zip(linears, self.bias.split(self.sizes)):
                 linear.bias.data = rows
-        self.pointers = [linear.weight.data_ptr() for linear in linears]
+        self.pointers = [_pointers(linear) for linear in linears]
         linears[0].decode_group = self
 
     def serves(self, linears: list[nn.Module]) -> bool:
@@ -94,11 +94,16 @@ class DecodeGroup:
         return (
             len(linears) == len(self.linears)
             and all(a is b for a, b in zip(linears, self.linears))
-            and all(linear.weight.data_ptr() == p for linear, p in zip(linears, self.pointers))
+            and all(_pointers(linear) == p for linear, p in zip(linears, self.pointers))
         )
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         return list(decode_product(x, self.weight, self.bias).split(self.sizes, dim=-1))
+
+
+def _pointers(linear: nn.Module) -> tuple[int, int | None]:
+    """Where a layer's weight and bias live (a replaced tensor moves them)."""
+    return linear.weight.data_ptr(), None if linear.bias is None else linear.bias.data_ptr()
 
 
 def use_decode_linears(model: nn.Module) -> nn.Module:
