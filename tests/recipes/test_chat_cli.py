@@ -4,7 +4,7 @@ on a tiny model built here; plus SmolLM2 from its GGUF (slow)."""
 import io
 
 import pytest
-import torch
+from helpers import tiny_gpt
 
 from lmforge.cli import main as cli
 from lmforge.infer import SamplingParams
@@ -32,18 +32,10 @@ OWN_TEMPLATE = (
 def chat_model(tmp_path_factory):
     """A tiny random Llama with a ChatML-ready BPE tokenizer (no template of its own)."""
     tokenizer = train_bpe([TEXT] * 20, 300, show_progress=False)
-    torch.manual_seed(0)
-    cfg = get_preset(
-        "llama-tiny",
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        max_seq_len=128,
+    model = tiny_gpt(
+        "llama-tiny", tokenizer.vocab_size, num_heads=2, num_kv_heads=1, max_seq_len=128
     )
-    return save_model(GPT(cfg), tmp_path_factory.mktemp("chat") / "model", tokenizer)
+    return save_model(model, tmp_path_factory.mktemp("chat") / "model", tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,10 @@ import json
 import math
 
 import pytest
-import torch
+from helpers import tiny_gpt
 
 from lmforge.cli import main as cli
 from lmforge.eval import perplexity
-from lmforge.models import GPT, get_preset
 from lmforge.models.loading import load_model_and_tokenizer, save_model
 from lmforge.tokenizer import train_bpe
 
@@ -21,18 +20,8 @@ TEXT = (
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     tokenizer = train_bpe([TEXT], vocab_size=300)
-    torch.manual_seed(0)
-    cfg = get_preset(
-        "llama-tiny",
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_seq_len=64,
-    )
-    return save_model(GPT(cfg), tmp_path_factory.mktemp("model") / "tiny", tokenizer)
+    model = tiny_gpt("llama-tiny", tokenizer.vocab_size)
+    return save_model(model, tmp_path_factory.mktemp("model") / "tiny", tokenizer)
 
 
 @pytest.fixture(scope="module")

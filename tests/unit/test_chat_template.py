@@ -2,13 +2,13 @@
 truncation to the context window, stopping at end-of-turn, interrupted answers)."""
 
 import pytest
-import torch
+from helpers import tiny_gpt
 
 from lmforge.errors import UserError
 from lmforge.infer import SamplingParams
 from lmforge.infer.chat import ChatSession
 from lmforge.infer.engine import Engine
-from lmforge.models import GPT, get_preset
+from lmforge.models import GPT
 from lmforge.tokenizer import Tokenizer, train_bpe, train_char
 from lmforge.tokenizer.chat import (
     CHATML_TEMPLATE,
@@ -239,18 +239,9 @@ def test_template_that_is_not_prefix_stable_is_rejected(bpe):
 # --------------------------------------------------------------------------------- ChatSession
 @pytest.fixture(scope="module")
 def model(bpe) -> GPT:
-    torch.manual_seed(0)
-    cfg = get_preset(
-        "llama-tiny",
-        vocab_size=bpe.vocab_size,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=1,
-        intermediate_size=64,
-        max_seq_len=128,
-    )
-    return GPT(cfg).eval()
+    return tiny_gpt(
+        "llama-tiny", bpe.vocab_size, num_heads=2, num_kv_heads=1, max_seq_len=128
+    ).eval()
 
 
 def script(monkeypatch, tokenizer, *pieces, interrupt_after=None):

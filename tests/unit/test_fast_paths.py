@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_gpt
 from torch import nn
 
 from lmforge.infer.fast_linear import DecodeLinear, use_decode_linears
@@ -100,12 +101,8 @@ def test_fused_projections_call_substituted_modules():
     torch.testing.assert_close(q, plain(x))
 
 
-def _llama(**overrides):
-    from lmforge.models import GPT, get_preset
-
-    torch.manual_seed(0)
-    shape = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2)
-    return GPT(get_preset("llama-tiny", **{**shape, **overrides})).eval()
+def _llama():
+    return tiny_gpt("llama-tiny", vocab_size=64).eval()
 
 
 def test_decode_groups_share_one_buffer_and_compute_the_same_logits():

@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_gpt
 
 from lmforge.errors import UserError
 from lmforge.eval import perplexity, sliding_windows
-from lmforge.models import GPT, get_preset
+from lmforge.models import GPT
 from lmforge.tokenizer import train_char
 
 TEXT = (
@@ -25,18 +26,7 @@ def tokenizer():
 
 
 def tiny_model(preset: str, vocab_size: int, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    cfg = get_preset(
-        preset,
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_seq_len=32,
-    )
-    return GPT(cfg).eval()
+    return tiny_gpt(preset, vocab_size, seed, max_seq_len=32).eval()
 
 
 @pytest.fixture(scope="module", params=["llama-tiny", "gpt2-tiny"])

@@ -6,10 +6,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_gpt
 
 from lmforge.data.shards import TokenData
 from lmforge.errors import UserError
-from lmforge.models import GPT, get_preset
+from lmforge.models import GPT
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.loop import TrainConfig, train
 from lmforge.train.losses import causal_lm_loss
@@ -30,19 +31,8 @@ def periodic_data(vocab: int = 32) -> TokenData:
 
 
 def tiny_model(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(
-        get_preset(
-            "llama-tiny",
-            vocab_size=32,
-            hidden_size=32,
-            num_layers=2,
-            num_heads=2,
-            num_kv_heads=1,
-            intermediate_size=64,
-            max_seq_len=32,
-            dropout=0.1,
-        )
+    return tiny_gpt(
+        "llama-tiny", 32, seed, num_heads=2, num_kv_heads=1, max_seq_len=32, dropout=0.1
     )
 
 
