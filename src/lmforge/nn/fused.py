@@ -33,11 +33,10 @@ def fused_projections(x: torch.Tensor, projections: list[nn.Module]) -> list[tor
     if group is not None and not torch.is_grad_enabled() and group.serves(projections):
         return group(x)
     plain = all(type(p) is nn.Linear for p in projections)
-    with_bias = [p.bias is not None for p in projections] if plain else []
     rows = x.numel() // x.size(-1)
-    if not plain or rows < MIN_ROWS or len(set(with_bias)) != 1:
+    if not plain or rows < MIN_ROWS or len({p.bias is None for p in projections}) != 1:
         return [p(x) for p in projections]
     weight = torch.cat([p.weight for p in projections])  # (sum of out, in)
-    bias = torch.cat([p.bias for p in projections]) if with_bias[0] else None
+    bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
     y = F.linear(x, weight, bias)  # (..., sum of out)
     return list(y.split([p.out_features for p in projections], dim=-1))
