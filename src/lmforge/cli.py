@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="YAML run file with model/data/train sections")
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument(
+        "--objective",
+        help="causal_lm (gpt), mlm (bert) or span (t5); without a model section it picks the "
+        "family's default preset (same as --train.objective)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -160,6 +165,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     elif args.command == "pretrain":
         from lmforge.recipes import pretrain
 
+        if args.objective:
+            extra = [*extra, f"--train.objective={args.objective}"]
         cfg = pretrain.load_config(args.config, extra, Path(args.out), args.resume)
         pretrain.main(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
     elif args.command == "generate":

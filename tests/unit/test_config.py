@@ -4,7 +4,7 @@ import pytest
 
 from lmforge import config as configlib
 from lmforge.errors import UserError
-from lmforge.recipes.pretrain import PretrainConfig
+from lmforge.recipes.pretrain import PretrainConfig, build_config, config_to_dict
 from lmforge.train.loop import TrainConfig
 
 
@@ -16,8 +16,7 @@ def test_overrides_parse_into_a_tree():
 
 
 def test_build_coerces_types_and_applies_presets():
-    cfg = configlib.build(
-        PretrainConfig,
+    cfg = build_config(
         {
             "model": {"preset": "llama-tiny", "num_layers": "6"},
             "train": {"lr": "3e-4", "compile": "true", "max_steps": "1e3"},
@@ -30,7 +29,7 @@ def test_build_coerces_types_and_applies_presets():
 
 
 def test_preset_override_recomputes_derived_fields():
-    cfg = configlib.build(PretrainConfig, {"model": {"preset": "gpt2-tiny", "hidden_size": 256}})
+    cfg = build_config({"model": {"preset": "gpt2-tiny", "hidden_size": 256}})
     assert cfg.model.head_dim == 64 and cfg.model.intermediate_size == 1024
 
 
@@ -47,15 +46,26 @@ def test_bad_type_and_bad_value_are_errors():
     with pytest.raises(UserError, match="bad config"):
         configlib.build(TrainConfig, {"max_steps": -1})
     with pytest.raises(UserError, match="not divisible"):
-        configlib.build(PretrainConfig, {"model": {"preset": "gpt2-tiny", "num_heads": 3}})
+        build_config({"model": {"preset": "gpt2-tiny", "num_heads": 3}})
 
 
 def test_yaml_round_trip(tmp_path):
-    cfg = configlib.build(PretrainConfig, {"model": "llama-tiny", "train": {"max_steps": 7}})
+    cfg = build_config({"model": "llama-tiny", "train": {"max_steps": 7}})
     path = tmp_path / "c.yaml"
-    path.write_text(configlib.dump_yaml(cfg))
-    again = configlib.build(PretrainConfig, configlib.load_yaml(path))
+    path.write_text(configlib.dump_yaml(config_to_dict(cfg)))
+    assert configlib.load_yaml(path)["model"]["family"] == "gpt"
+    again = build_config(configlib.load_yaml(path))
     assert again == cfg
+
+
+def test_objective_defaults_to_the_family_and_must_match_it():
+    assert build_config({}).train.objective == "causal_lm"
+    with pytest.raises(UserError, match="unknown objective 'nope'"):
+        build_config({"train": {"objective": "nope"}})
+    with pytest.raises(UserError, match="unknown model family 'rnn'"):
+        build_config({"model": {"family": "rnn"}})
+    with pytest.raises(UserError, match="is a gpt model, not bert"):
+        build_config({"model": {"family": "bert", "preset": "gpt2-tiny"}})
 
 
 def test_bad_yaml_files(tmp_path):

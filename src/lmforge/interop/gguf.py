@@ -53,8 +53,7 @@ from lmforge.interop.gguf_layout import (
 from lmforge.interop.gguf_read import GGUFFile
 from lmforge.interop.gguf_tokenizer import add_tokenizer, tokenizer_from_gguf
 from lmforge.models.gpt import GPT, GPTConfig
-from lmforge.models.loading import check_vocab, model_state
-from lmforge.nn import RotaryEmbedding
+from lmforge.models.loading import check_vocab, finish_loading, model_state
 from lmforge.tokenizer import Tokenizer
 
 DTYPES = ("f32", "f16", "q8_0")
@@ -82,12 +81,7 @@ def load_gguf(path: str | Path) -> tuple[GPT, Tokenizer]:
     state = state_from_gguf(f, cfg, model.state_dict())  # names and shapes checked
     # assign=True: the parameters become the freshly dequantized tensors, without a second copy
     model.load_state_dict(state, strict=False, assign=True)
-    if cfg.position == "rope":  # non-persistent buffers: rebuild them off the meta device
-        model.rotary = RotaryEmbedding(
-            cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling
-        )
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
+    finish_loading(model)  # rotary tables off the meta device, tied embeddings
     tokenizer = tokenizer_from_gguf(f)
     check_vocab(tokenizer, cfg, f.path)
     return model.eval(), tokenizer

@@ -37,13 +37,12 @@ from lmforge.fileio import write_json_atomic
 from lmforge.interop import hf_gpt2, hf_llama
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.loading import (
+    build_loaded,
     check_vocab,
-    load_model_state,
     load_safetensors,
     model_state,
     save_safetensors,
 )
-from lmforge.nn import RotaryEmbedding
 from lmforge.tokenizer import EOS_TOKEN, Tokenizer
 from lmforge.tokenizer.core import TOKENIZER_CONFIG_FILE
 
@@ -82,7 +81,7 @@ def load_hf(directory: str | Path) -> tuple[GPT, Tokenizer | None]:
         state = converter.state_from_hf(hf_state, cfg)
     except UserError as e:
         raise UserError(f"{directory}: {e}") from None
-    model = _build(cfg, state, directory)
+    model = build_loaded(cfg, state, directory)
     tokenizer = load_tokenizer(directory, hf_config)
     if tokenizer is not None:
         check_vocab(tokenizer, cfg, directory)
@@ -140,21 +139,6 @@ def _read_shards(directory: Path) -> dict[str, torch.Tensor]:
     if missing:
         raise UserError(f"the shards in {directory} lack tensor {missing[0]!r} of their index")
     return state
-
-
-def _build(cfg: GPTConfig, state: dict[str, torch.Tensor], source: Path) -> GPT:
-    """The model of `cfg` holding `state`, without spending time on a random initialisation."""
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device="cpu")
-    if cfg.position == "rope":  # non-persistent buffers are not in the state: rebuild them
-        model.rotary = RotaryEmbedding(
-            cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling
-        )
-    load_model_state(model, state, source)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    return model.eval()
 
 
 def load_tokenizer(directory: Path, hf_config: dict | None = None) -> Tokenizer | None:

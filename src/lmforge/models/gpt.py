@@ -194,6 +194,22 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         self.init_weights()
 
+    def tied_parameter_names(self) -> set[str]:
+        """Parameters stored once because they share another's tensor (models/loading.py)."""
+        return {"lm_head.weight"} if self.config.tie_embeddings else set()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def reset_buffers(self) -> None:
+        """Recompute the rotary tables (not saved; left empty when built on the meta device)."""
+        cfg = self.config
+        if cfg.position == "rope":
+            self.rotary = RotaryEmbedding(
+                cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling
+            ).to(self.embed_tokens.weight.device)
+
     @torch.no_grad()
     def init_weights(self, std: float = 0.02) -> None:
         residual_std = std / math.sqrt(2 * self.config.num_layers)

@@ -3,6 +3,12 @@
 Weights are only ever read from safetensors (never unpickled). Tied weights are stored once: the
 output projection shares the embedding matrix, so `lm_head.weight` is left out of the file when
 `tie_embeddings` is set. A run directory from `lmforge pretrain` is itself a model directory.
+
+Every model family (models/registry.py) loads through the same code; `config.json` names the family.
+A model class cooperates through three optional methods:
+- `tied_parameter_names()`: names left out of the file because they share another's tensor;
+- `tie_weights()`: re-ties them after loading;
+- `reset_buffers()`: recomputes non-persistent buffers (such as rotary tables) that are not saved.
 """
 
 from __future__ import annotations
@@ -13,20 +19,27 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from lmforge.errors import UserError
 from lmforge.fileio import atomic_path, write_json_atomic
-from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models import registry
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def model_state(model: GPT) -> dict[str, torch.Tensor]:
+def tied_names(model: nn.Module) -> set[str]:
+    """Parameter names that share another parameter's tensor and are not saved."""
+    method = getattr(model, "tied_parameter_names", None)
+    return set(method()) if method is not None else set()
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict to save: contiguous CPU tensors, tied weights once."""
     state = model.state_dict()
-    if model.config.tie_embeddings:
-        state.pop("lm_head.weight", None)
+    for name in tied_names(model):
+        state.pop(name, None)
     return {k: _standalone(v.detach().to("cpu")) for k, v in state.items()}
 
 
@@ -59,10 +72,10 @@ def load_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
         ) from None
 
 
-def load_model_state(model: GPT, state: dict[str, torch.Tensor], source: Path) -> None:
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
     """Load `state` into `model`, naming any missing/unexpected/misshapen tensor."""
     expected = model.state_dict()
-    optional = {"lm_head.weight"} if model.config.tie_embeddings else set()
+    optional = tied_names(model)
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -77,17 +90,17 @@ def load_model_state(model: GPT, state: dict[str, torch.Tensor], source: Path) -
     model.load_state_dict(state, strict=False)
 
 
-def read_config(directory: Path) -> GPTConfig:
+def read_config(directory: Path):
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise UserError(f"{directory} is not a model directory: {CONFIG_FILE} not found")
     try:
-        return GPTConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        return registry.config_from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{path} is not a valid model config: {e}") from None
 
 
-def save_model(model: GPT, directory: str | Path, tokenizer=None) -> Path:
+def save_model(model: nn.Module, directory: str | Path, tokenizer=None) -> Path:
     """Write config.json, model.safetensors and (if given) tokenizer.json into `directory`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -102,26 +115,34 @@ def save_model(model: GPT, directory: str | Path, tokenizer=None) -> Path:
 
 def load_model(
     directory: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-) -> GPT:
+) -> nn.Module:
     """Build the model from `directory/config.json` and load its weights."""
     directory = Path(directory)
     if not directory.exists():
         raise UserError(f"model directory not found: {directory}")
     cfg = read_config(directory)
     state = load_safetensors(directory / WEIGHTS_FILE)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device="cpu")
-    if cfg.position == "rope":  # non-persistent buffers are not in the file: rebuild them
-        from lmforge.nn import RotaryEmbedding
-
-        model.rotary = RotaryEmbedding(
-            cfg.head_dim, cfg.max_seq_len, cfg.rope_theta, cfg.rope_scaling
-        )
-    load_model_state(model, state, directory / WEIGHTS_FILE)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
+    model = build_loaded(cfg, state, directory / WEIGHTS_FILE)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def build_loaded(cfg, state: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """The model of `cfg` (any family) holding `state`, without a random initialisation first."""
+    with torch.device("meta"):  # no initialisation: every weight comes from the state
+        model = registry.build_model(cfg)
+    model = model.to_empty(device="cpu")
+    finish_loading(model)
+    load_model_state(model, state, source)
+    finish_loading(model)
+    return model.eval()
+
+
+def finish_loading(model: nn.Module) -> None:
+    """Recompute unsaved buffers and re-tie shared weights after weights were put in place."""
+    if hasattr(model, "reset_buffers"):
+        model.reset_buffers()
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
 
 
 def load_model_and_tokenizer(directory: str | Path, device: str | torch.device = "cpu"):
@@ -134,7 +155,7 @@ def load_model_and_tokenizer(directory: str | Path, device: str | torch.device =
     return model, tokenizer
 
 
-def check_vocab(tokenizer, cfg: GPTConfig, where: str | Path) -> None:
+def check_vocab(tokenizer, cfg, where: str | Path) -> None:
     if tokenizer.vocab_size > cfg.vocab_size:
         raise UserError(
             f"tokenizer in {where} has {tokenizer.vocab_size} tokens but the model has only "

@@ -1,4 +1,5 @@
-"""Named model shapes: a preset is the set of `GPTConfig` fields that differ from the defaults.
+"""The decoder family (`FAMILY` for models/registry.py) and its named shapes: a preset is the set of
+`GPTConfig` fields that differ from the defaults.
 
 `gpt2` is the 124M GPT-2 shape (Radford et al., 2019); `smollm2-135m` is SmolLM2-135M (a Llama
 architecture: 30 layers, width 576, 9 query / 3 key-value heads, SwiGLU 1536, RMSNorm, RoPE theta
@@ -8,7 +9,8 @@ architecture: 30 layers, width 576, 9 query / 3 key-value heads, SwiGLU 1536, RM
 from __future__ import annotations
 
 from lmforge.errors import UserError
-from lmforge.models.gpt import GPTConfig
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.registry import Family
 
 PRESETS: dict[str, dict] = {
     "gpt2": dict(
@@ -66,3 +68,13 @@ def get_preset(name: str, **overrides) -> GPTConfig:
         return GPTConfig(**{**PRESETS[name], **overrides})
     except (TypeError, ValueError) as e:
         raise UserError(f"bad model config: {e}") from None
+
+
+FAMILY = Family(
+    name="gpt",
+    config_class=GPTConfig,
+    model_class=GPT,
+    presets=PRESETS,
+    objectives=("causal_lm",),
+    default_preset="gpt2-tiny",
+)

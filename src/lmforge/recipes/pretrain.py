@@ -1,7 +1,12 @@
-"""`lmforge pretrain`: pre-train a decoder language model on prepared token shards.
+"""`lmforge pretrain`: pre-train a model of any family on prepared token shards.
 
     lmforge prepare --input shakespeare --tokenizer tok/ --out data/shakespeare
     lmforge pretrain --config run.yaml --out runs/first [--train.lr=3e-4 ...] [--resume]
+    lmforge pretrain --objective mlm --data.dir=data/wp --out runs/bert   # a BERT, by masked LM
+
+The model section names a preset or a family (models/registry.py); the objective defaults to the
+family's own (causal_lm for gpt) and must be one the family trains with. `--objective X` alone picks
+the family whose objective X is, starting from its default preset.
 
 The run directory ends up holding config.yaml, metrics.jsonl, checkpoints/, loss.png, report.md and
 the final model (config.json, model.safetensors, tokenizer.json), so `lmforge generate --model RUN`
@@ -12,8 +17,10 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -23,12 +30,12 @@ from lmforge.device import resolve_device, resolve_precision
 from lmforge.errors import UserError
 from lmforge.fileio import write_text_atomic
 from lmforge.infer import SamplingParams, generate
-from lmforge.models import GPT, GPTConfig, get_preset
+from lmforge.models import GPT, get_preset, registry
 from lmforge.models.loading import check_vocab, save_model
 from lmforge.tokenizer import Tokenizer
 from lmforge.train.dist import DistInfo, barrier, init_distributed, shutdown
 from lmforge.train.loop import TrainConfig, TrainResult, train
-from lmforge.train.losses import OBJECTIVES
+from lmforge.train.losses import make_objective
 from lmforge.train.metrics import plot_loss_curves
 
 
@@ -40,7 +47,8 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
-    model: GPTConfig = field(default_factory=lambda: get_preset("gpt2-tiny"))
+    model: Any = field(default_factory=lambda: get_preset("gpt2-tiny"))
+    """The config of any registered model family (built by `registry.build_model_config`)."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -49,18 +57,43 @@ def build_config(raw: dict) -> PretrainConfig:
     """Build a PretrainConfig from a nested mapping (YAML merged with overrides).
 
     Unless the model section sets `vocab_size`, it is taken from the prepared data's tokenizer.
+    A model section without preset or family gets the default preset of the objective's family.
     """
     raw = dict(raw)
-    model_raw = raw.get("model", {})
+    model_raw = raw.pop("model", None) or {}
     if isinstance(model_raw, str):
         model_raw = {"preset": model_raw}
     model_raw = dict(model_raw)
+    train_raw = dict(raw.get("train") or {})
+    objective = train_raw.get("objective")
+    if "preset" not in model_raw and "family" not in model_raw:
+        family = registry.family_for_objective(objective) if objective else None
+        model_raw["preset"] = family.default_preset if family else "gpt2-tiny"
     data_dir = (raw.get("data") or {}).get("dir")
     if "vocab_size" not in model_raw and data_dir:
         model_raw["vocab_size"] = TokenData.open(Path(data_dir)).vocab_size
-    model_raw.setdefault("preset", "gpt2-tiny")
-    raw["model"] = model_raw
-    return configlib.build(PretrainConfig, raw)
+    model = registry.build_model_config(model_raw)
+    family = registry.family_of(model)
+    objective = train_raw.setdefault("objective", family.objectives[0])
+    if objective not in family.objectives:
+        raise UserError(
+            f"objective {objective!r} does not train a {family.name} model; "
+            f"use {' or '.join(family.objectives)}, or a model of the "
+            f"{registry.family_for_objective(objective).name} family for {objective}"
+        )
+    raw["train"] = train_raw
+    cfg = configlib.build(PretrainConfig, raw)
+    cfg.model = model
+    return cfg
+
+
+def config_to_dict(cfg: PretrainConfig) -> dict:
+    """The run's config as plain data, the model section naming its family (for config.yaml)."""
+    return {
+        "model": cfg.model.to_dict(),
+        "data": configlib.to_dict(cfg.data),
+        "train": configlib.to_dict(cfg.train),
+    }
 
 
 def load_config(config_file: str | None, overrides: list[str], run_dir: Path, resume: bool):
@@ -87,10 +120,6 @@ def main(
     if not cfg.data.dir:
         raise UserError(
             "no data: set data.dir (e.g. --data.dir=data/shakespeare from `lmforge prepare`)"
-        )
-    if cfg.train.objective not in OBJECTIVES:
-        raise UserError(
-            f"unknown objective {cfg.train.objective!r}; choose from {list(OBJECTIVES)}"
         )
     data = TokenData.open(Path(cfg.data.dir))
     tokenizer = Tokenizer.from_file(Path(cfg.data.dir))
@@ -131,11 +160,12 @@ def _run(
     quiet: bool,
 ) -> TrainResult:
     torch.manual_seed(cfg.train.seed)
-    model = GPT(cfg.model)
+    model = registry.build_model(cfg.model)
+    objective = make_objective(cfg.train.objective, tokenizer, cfg.model, cfg.train)
     dtype = resolve_precision(cfg.train.precision, device)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", configlib.dump_yaml(cfg))
+        write_text_atomic(run_dir / "config.yaml", configlib.dump_yaml(config_to_dict(cfg)))
     if dist.is_main and not quiet:
         print(
             f"model: {model.num_params() / 1e6:.2f}M parameters, "
@@ -147,7 +177,7 @@ def _run(
     barrier(dist)
     result = train(
         model,
-        OBJECTIVES[cfg.train.objective],
+        objective,
         data,
         cfg.train,
         run_dir,
@@ -159,7 +189,7 @@ def _run(
         model.eval()
         save_model(model, run_dir, tokenizer)
         plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
-        samples = sample_texts(model, tokenizer, sample_prompts(data, tokenizer))
+        samples = REPORT_SAMPLES[registry.family_of(model).name](model, tokenizer, data)
         write_report(run_dir, cfg, model, data, result, samples, dtype)
         print(
             f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
@@ -167,6 +197,17 @@ def _run(
         )
     barrier(dist)
     return result
+
+
+def decoder_samples(model: GPT, tokenizer, data) -> list[tuple[str, str]]:
+    """Sampled continuations of a few validation passages (the report of a decoder run)."""
+    return sample_texts(model, tokenizer, sample_prompts(data, tokenizer))
+
+
+REPORT_SAMPLES: dict[str, Callable[[Any, Any, Any], list[tuple[str, str]]]] = {
+    "gpt": decoder_samples,
+}
+"""Family name -> (model, tokenizer, data) -> [(input, output)] shown in report.md."""
 
 
 def sample_prompts(data, tokenizer, count: int = 2, length: int = 6) -> list[str]:
@@ -247,5 +288,12 @@ def write_report(
     ]
     for prompt, text in samples:
         lines += [f"Prompt `{prompt!r}`:", "", "```", (prompt + text).strip("\n"), "```", ""]
-    lines += ["## Config", "", "```yaml", configlib.dump_yaml(cfg).rstrip(), "```", ""]
+    lines += [
+        "## Config",
+        "",
+        "```yaml",
+        configlib.dump_yaml(config_to_dict(cfg)).rstrip(),
+        "```",
+        "",
+    ]
     write_text_atomic(run_dir / "report.md", "\n".join(lines))

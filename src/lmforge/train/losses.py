@@ -1,8 +1,10 @@
 """Training objectives as pure functions: loss = objective(model, batch).
 
 An objective takes the model and one batch and returns the mean loss over the predicted tokens.
-The training loop picks one from `OBJECTIVES` by name; later families add masked-LM and
-span-corruption objectives here without touching the loop.
+The training loop is given one; `make_objective(name, tokenizer, model_config, train_config)` builds
+it by name from `OBJECTIVES`, whose entries are builders: objectives that need the tokenizer's
+special tokens (masked-LM's [MASK], span corruption's sentinels) or options from the run's train
+section bind them there, so the objective itself stays a pure function of (model, batch).
 
 causal_lm: next-token cross-entropy, L = -1/N sum_t log p(x_{t+1} | x_{<=t}) (Radford et al., 2018),
 computed from the final hidden states by the fused output-layer cross-entropy of fused_ce.py.
@@ -12,10 +14,12 @@ Targets equal to IGNORE_INDEX (-100) do not count.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from lmforge.errors import UserError
 from lmforge.train.fused_ce import linear_cross_entropy
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -34,6 +38,17 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, y)
 
 
-OBJECTIVES: dict[str, Callable[[nn.Module, Batch], torch.Tensor]] = {
-    "causal_lm": causal_lm_loss,
+Objective = Callable[[nn.Module, Batch], torch.Tensor]
+ObjectiveBuilder = Callable[[Any, Any, Any], Objective]  # (tokenizer, model_config, train_config)
+
+OBJECTIVES: dict[str, ObjectiveBuilder] = {
+    "causal_lm": lambda tokenizer, model_config, train_config: causal_lm_loss,
 }
+"""Objective name -> builder. A model family lists the objectives it trains with (models/registry.py)."""
+
+
+def make_objective(name: str, tokenizer, model_config, train_config) -> Objective:
+    """The objective `name`, bound to the tokenizer's special tokens and the run's options."""
+    if name not in OBJECTIVES:
+        raise UserError(f"unknown objective {name!r}; choose one of: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](tokenizer, model_config, train_config)
