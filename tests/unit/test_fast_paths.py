@@ -27,6 +27,23 @@ def test_fused_cross_entropy_matches_cross_entropy_and_its_gradients(chunk_rows)
     torch.testing.assert_close(grads[1], 3.0 * ref_grads[1])
 
 
+@pytest.mark.parametrize("rows", [150, 6000])  # plain path for few logits, chunks for many
+def test_linear_cross_entropy_default_paths_agree_with_cross_entropy(rows):
+    torch.manual_seed(0)
+    h = torch.randn(rows, 24, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(53, 24, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 53, (rows,))
+    t[::5] = -100
+    ref = F.cross_entropy(h @ w.t(), t, ignore_index=-100)
+    ours = linear_cross_entropy(h, w, t)
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, ref)
+    for got, want in zip(torch.autograd.grad(ours, (h, w)), torch.autograd.grad(ref, (h, w))):
+        torch.testing.assert_close(got, want)
+    everything_ignored = torch.full((rows,), -100)
+    assert linear_cross_entropy(h, w, everything_ignored).item() == 0.0
+
+
 def test_fused_cross_entropy_without_grad():
     h, w, t = torch.randn(10, 8), torch.randn(11, 8), torch.randint(0, 11, (10,))
     with torch.no_grad():

@@ -15,14 +15,20 @@ likely token's probability), so the separate log-softmax, its backward and their
 disappear (about 20% faster for the output layer at V = 50k on a CPU), and only one chunk of logits
 exists at a time, bounding peak memory whatever N is (the idea of Liger Kernel's fused linear
 cross-entropy, Hsu et al., 2024). Targets equal to `ignore_index` do not count.
+
+For few logits (N * V up to SMALL_LOGITS, e.g. a character vocabulary) the chunk loop's fixed cost
+of a dozen small operations outweighs what it saves, and the plain product plus
+`F.cross_entropy` is used instead (0.5 vs 0.85 ms a step at nanoGPT's Shakespeare shape).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 IGNORE_INDEX = -100
+SMALL_LOGITS = 1 << 18  # below ~2^18 logits the plain path is faster (measured on a 2-core CPU)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -79,9 +85,17 @@ def linear_cross_entropy(
     ignore_index: int = IGNORE_INDEX,
     chunk_rows: int | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of `hidden @ weight.T` against `targets`; hidden (..., C), targets (...)."""
+    """Mean cross-entropy of `hidden @ weight.T` against `targets`; hidden (..., C), targets (...).
+
+    Chunked unless the logits are few and `chunk_rows` is not given (see the module docstring).
+    """
     hidden = hidden.reshape(-1, hidden.size(-1))  # (N, C)
     targets = targets.reshape(-1)  # (N,)
+    if chunk_rows is None and hidden.size(0) * weight.size(0) <= SMALL_LOGITS:
+        logits = F.linear(hidden, weight)  # (N, V)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+        return total / (targets != ignore_index).sum().clamp(min=1)
     if chunk_rows is None:  # at most 2^27 logits (512 MB in fp32) at a time
         chunk_rows = max(64, (1 << 27) // weight.size(0))
     return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, ignore_index)
