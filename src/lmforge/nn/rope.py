@@ -63,22 +63,24 @@ class RotaryEmbedding(nn.Module):
         inv_freq = inverse_frequencies(head_dim, theta, scaling)  # (D/2,)
         positions = torch.arange(max_len, dtype=torch.float64, device="cpu")
         angles = torch.outer(positions, inv_freq)  # (L, D/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (L, D)
-        self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("cos", angles.cos().repeat(1, 2).float(), persistent=False)  # (L, D)
+        # sin with its first half negated: rotate-half's sign is folded into the table
+        signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)  # (L, D)
+        self.register_buffer("sin", signed_sin.float(), persistent=False)
 
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin for integer `positions` of shape (T,) or (B, T)."""
+        """cos and signed sin (see `apply_rotary`) for `positions` of shape (T,) or (B, T)."""
         return self.cos[positions], self.sin[positions]  # (T, D) or (B, T, D)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x of shape (B, H, T, D) by the tables of `RotaryEmbedding`, (T, D) or (B, T, D).
 
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x of shape (B, H, T, D) by cos/sin of shape (T, D) or (B, T, D)."""
+    With x = [x1, x2] (halves), the rotation is [x1 cos - x2 sin, x2 cos + x1 sin]
+    = x * cos + [x2, x1] * [-sin, sin]: the swapped halves are a roll by D/2, and the table holds
+    [-sin, sin], so the whole rotation is three kernels (roll, mul, addcmul) instead of six.
+    """
     if cos.dim() == 3:
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, D)
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+        cos, signed_sin = cos.unsqueeze(1), signed_sin.unsqueeze(1)  # (B, 1, T, D)
+    swapped = x.roll(x.size(-1) // 2, dims=-1)  # [x2, x1]
+    return torch.addcmul(x * cos, swapped, signed_sin).to(x.dtype)
