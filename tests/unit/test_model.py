@@ -1,5 +1,7 @@
 """The decoder model: presets, shapes, KV-cached decoding, padded batches, save/load."""
 
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,15 @@ def test_corrupt_weights_are_a_user_error(tmp_path):
 def test_missing_model_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_model(tmp_path / "nope")
+
+
+def test_config_of_an_unknown_family_or_with_unknown_keys_is_a_user_error(tmp_path):
+    save_model(tiny("gpt2-tiny"), tmp_path)
+    config = tmp_path / "config.json"
+    good = json.loads(config.read_text())
+    config.write_text(json.dumps({**good, "family": "rnn"}))
+    with pytest.raises(UserError, match="unknown model family 'rnn'"):
+        load_model(tmp_path)
+    config.write_text(json.dumps({**good, "hidden_sise": 3}))
+    with pytest.raises(UserError, match="not a valid model config.*hidden_sise"):
+        load_model(tmp_path)
