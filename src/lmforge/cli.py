@@ -52,10 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tokenizer", help="train tokenizers")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    t = tsub.add_parser("train", help="train a byte-level BPE (or char) tokenizer")
+    t = tsub.add_parser(
+        "train", help="train a byte-level BPE, char, WordPiece or Unigram tokenizer"
+    )
     t.add_argument("--input", required=True, help="text files, globs or a source name")
     t.add_argument("--vocab-size", type=int, default=4096)
-    t.add_argument("--kind", choices=["bpe", "char"], default="bpe")
+    t.add_argument(
+        "--kind",
+        choices=["bpe", "char", "wordpiece", "unigram"],
+        default="bpe",
+        help="bpe (GPT), char, wordpiece (BERT: [CLS] [SEP] [MASK] [PAD] [UNK]) or unigram "
+        "(T5: <pad> </s> <unk> and sentinels <extra_id_N>)",
+    )
     t.add_argument("--out", required=True, help="directory for tokenizer.json")
 
     p = sub.add_parser("data", help="offline data sources")
@@ -93,7 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-text")
     p.add_argument("--chat", action="store_true", help="each prompt is a user turn (chat template)")
+    p.add_argument("--num-beams", type=int, default=1, help="beam search (t5 models; default 1)")
+    p.add_argument("--length-penalty", type=float, default=1.0, help="beam score: log p / len^this")
     _add_sampling_args(p)
+
+    p = sub.add_parser("fill-mask", help="a masked LM's top guesses for each [MASK] in a text")
+    p.add_argument("--model", required=True, help="BERT model or run directory")
+    p.add_argument("--text", required=True, help='text with [MASK] tokens, e.g. "the [MASK] of"')
+    p.add_argument("--top-k", type=int, default=5, help="candidates per [MASK] (default 5)")
+    p.add_argument("--device", default="auto")
 
     p = sub.add_parser("eval", help="evaluate a model")
     esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -175,9 +191,21 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         params = _sampling_params(args)
         generate.main(
             generate.GenerateConfig(
-                args.model, args.prompt, params, args.stop, args.device, args.ignore_eos, args.chat
+                args.model,
+                args.prompt,
+                params,
+                args.stop,
+                args.device,
+                args.ignore_eos,
+                args.chat,
+                num_beams=args.num_beams,
+                length_penalty=args.length_penalty,
             )
         )
+    elif args.command == "fill-mask":
+        from lmforge.recipes import fill_mask
+
+        fill_mask.main(fill_mask.FillMaskConfig(args.model, args.text, args.top_k, args.device))
     elif args.command == "eval":
         from lmforge.recipes import eval as eval_recipe
 
@@ -205,15 +233,15 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         params = _sampling_params(args)
         chat.main(chat.ChatConfig(args.model, args.system, params, args.template, args.device))
     elif args.command == "presets":
-        from lmforge.models import GPT, PRESETS, get_preset
+        import torch
 
-        for name in PRESETS:
-            import torch
+        from lmforge.models import registry
 
-            with torch.device("meta"):
-                model = GPT(get_preset(name))
+        for name, family in registry.preset_names().items():
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                model = registry.build_model(registry.get_preset(name))
             print(
-                f"{name:<14} {model.num_params() / 1e6:8.2f}M params  "
+                f"{name:<14} {family:<4} {model.num_params() / 1e6:8.2f}M params  "
                 f"{model.flops_per_token() / 1e9:7.3f} GFLOPs/token (training, full context)"
             )
     return 0

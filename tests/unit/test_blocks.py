@@ -135,3 +135,54 @@ def test_kv_cache_reorder_keeps_the_chosen_sequences():
     assert keys.shape == (2, 1, 3, 2)
     assert keys[:, 0, :2, 0].tolist() == [[2.0, 2.0], [0.0, 0.0]]
     assert keys[:, 0, 2, 0].tolist() == [9.0, 9.0] and values[0, 0, 0, 0] == -2.0
+
+
+# ---------------------------------------------------------------- cross-attention, bias, scale
+def _naive_cross(attn: Attention, x, memory, bias=None, mask=None, scale=None):
+    """Reference: softmax(s Q K^T + bias, masked) V with keys and values from `memory`."""
+    B, T, _ = x.shape
+    S, H, D = memory.size(1), attn.num_heads, attn.head_dim
+    q = attn.q_proj(x).view(B, T, H, D).transpose(1, 2)
+    k = attn.k_proj(memory).view(B, S, H, D).transpose(1, 2)
+    v = attn.v_proj(memory).view(B, S, H, D).transpose(1, 2)
+    scores = q @ k.transpose(-1, -2) * (1 / math.sqrt(D) if scale is None else scale)
+    if bias is not None:
+        scores = scores + bias
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return attn.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, H * D))
+
+
+def test_cross_attention_with_bias_padding_and_scale_matches_reference():
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, bias=False, scale=1.0)
+    x, memory = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    bias = torch.randn(1, 4, 5, 7)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 4:] = False  # padded keys of the second sequence
+    expected = _naive_cross(attn, x, memory, bias, mask, scale=1.0)
+    torch.testing.assert_close(attn(x, kv_input=memory, bias=bias, mask=mask), expected)
+    kv = attn.project_kv(memory)  # projected once, reused (a decoder's cross keys/values)
+    torch.testing.assert_close(attn(x, kv=kv, bias=bias, mask=mask), expected)
+    torch.testing.assert_close(attn(x, kv=kv), _naive_cross(attn, x, memory, scale=1.0))
+
+
+def test_self_attention_bias_combines_with_the_causal_mask_and_the_cache():
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=4, num_kv_heads=2)
+    x, bias = torch.randn(2, 6, 32), torch.randn(1, 4, 6, 6)
+    full = attn(x, bias=bias)  # causal by default
+    H, Hkv, D = 4, 2, 8
+    q = attn.q_proj(x).view(2, 6, H, D).transpose(1, 2)
+    k = attn.k_proj(x).view(2, 6, Hkv, D).transpose(1, 2).repeat_interleave(2, dim=1)
+    v = attn.v_proj(x).view(2, 6, Hkv, D).transpose(1, 2).repeat_interleave(2, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D) + bias
+    scores = scores.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 6, H * D)
+    torch.testing.assert_close(full, attn.o_proj(y), atol=1e-5, rtol=1e-5)
+    cache = KVCache(1, 2, 2, 8, 8)
+    parts = []
+    for lo, hi in ((0, 3), (3, 4), (4, 6)):  # prefill, a single-token (GQA) step, two tokens
+        parts.append(attn(x[:, lo:hi], bias=bias[:, :, lo:hi, :hi], cache=cache))
+        cache.advance(hi - lo)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)

@@ -1,7 +1,8 @@
 """Import and export of other formats, all through the same in-memory pair (`GPT`, `Tokenizer`).
 
 - `hf.py`         Hugging Face directories (config.json + safetensors + tokenizer files), both ways;
-                  `hf_gpt2.py` and `hf_llama.py` hold the per-architecture name and layout tables
+                  `hf_gpt2.py`, `hf_llama.py`, `hf_bert.py` and `hf_t5.py` hold the per-architecture
+                  name and layout tables
 - `gguf.py`       GGUF files (llama.cpp), both ways; `gguf_read.py` parses and dequantizes,
                   `gguf_layout.py` maps names and rotary row order, `gguf_tokenizer.py` moves the
                   tokenizer and chat template in and out of the metadata

@@ -7,8 +7,11 @@ The architecture (`architectures[0]`, else `model_type`) picks the converter:
 
     GPT2LMHeadModel / gpt2                               -> interop/hf_gpt2.py
     LlamaForCausalLM / llama, MistralForCausalLM / mistral -> interop/hf_llama.py
+    BertForMaskedLM / bert                               -> interop/hf_bert.py
+    T5ForConditionalGeneration / t5                      -> interop/hf_t5.py
 
-and an export picks GPT-2 for learned positions and Llama for rotary ones.
+and an export picks the converter by model family (`EXPORTERS`): BERT for the bert family, T5 for
+the t5 family, and for the gpt family GPT-2 for learned positions and Llama for rotary ones.
 
 Design decisions
 - Weights are only read from safetensors, never unpickled: a directory with only
@@ -27,14 +30,18 @@ Design decisions
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
+from torch import nn
 
 from lmforge.errors import UserError
 from lmforge.fileio import write_json_atomic
-from lmforge.interop import hf_gpt2, hf_llama
+from lmforge.interop import hf_bert, hf_gpt2, hf_llama, hf_t5
+from lmforge.models import registry
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.loading import (
     build_loaded,
@@ -61,13 +68,36 @@ CONVERTERS: dict[str, ModuleType] = {
     "llama": hf_llama,
     "MistralForCausalLM": hf_llama,
     "mistral": hf_llama,
+    "BertForMaskedLM": hf_bert,
+    "bert": hf_bert,
+    "T5ForConditionalGeneration": hf_t5,
+    "t5": hf_t5,
 }
-SUPPORTED = "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM"
+SUPPORTED = (
+    "GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM, BertForMaskedLM, "
+    "T5ForConditionalGeneration"
+)
+# model family -> (config -> the converter module that exports it)
+EXPORTERS: dict[str, Callable[[Any], ModuleType]] = {
+    "gpt": lambda cfg: hf_llama if cfg.position == "rope" else hf_gpt2,
+    "bert": lambda cfg: hf_bert,
+    "t5": lambda cfg: hf_t5,
+}
+# tokenizer_config.json keys of BERT's special tokens (written when the vocabulary has them)
+WORDPIECE_SPECIALS = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+# and of T5's (a Unigram tokenizer's) padding and unknown tokens
+UNIGRAM_SPECIALS = {"pad_token": "<pad>", "unk_token": "<unk>"}
 EXPORT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # --------------------------------------------------------------------------------------- load
-def load_hf(directory: str | Path) -> tuple[GPT, Tokenizer | None]:
+def load_hf(directory: str | Path) -> tuple[GPT | nn.Module, Tokenizer | None]:
     """The fp32 model (eval mode, CPU) and tokenizer (None without `tokenizer.json`) of a
     Hugging Face model directory."""
     directory = Path(directory)
@@ -194,19 +224,23 @@ def _optional_json(path: Path) -> dict:
 
 # --------------------------------------------------------------------------------------- save
 def save_hf(
-    model: GPT,
+    model: GPT | nn.Module,
     tokenizer: Tokenizer | None,
     directory: str | Path,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write `model` (and `tokenizer`) as a Hugging Face directory that `transformers` loads:
-    GPT-2 for learned positions, Llama for rotary ones. Returns the directory."""
+    GPT-2 for learned positions, Llama for rotary ones, BertForMaskedLM for BERT. Returns the
+    directory."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     if dtype not in EXPORT_DTYPES:
         raise UserError(f"cannot export Hugging Face weights as {dtype}; use fp32, bf16 or f16")
     cfg = model.config
-    converter = hf_llama if cfg.position == "rope" else hf_gpt2
+    family = registry.family_of(cfg).name
+    if family not in EXPORTERS:
+        raise UserError(f"cannot export a {family} model as a Hugging Face directory")
+    converter = EXPORTERS[family](cfg)
     hf_config = converter.config_to_hf(cfg)  # refuses what the architecture cannot express
     directory = Path(directory)
     if tokenizer is not None:
@@ -221,10 +255,12 @@ def save_hf(
     if tokenizer is not None:
         tokenizer.save(directory)  # tokenizer.json (+ chat_template.jinja)
         write_json_atomic(directory / TOKENIZER_CONFIG_FILE, _tokenizer_config(tokenizer, cfg))
-    if ids:
-        write_json_atomic(directory / GENERATION_CONFIG_FILE, ids)
+    generation = {**getattr(converter, "generation_config", lambda cfg: {})(cfg), **ids}
+    if generation:  # T5 adds its decoder start token, which `generate` needs
+        write_json_atomic(directory / GENERATION_CONFIG_FILE, generation)
     dtype_name = str(dtype).removeprefix("torch.")
-    hf_config.update(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # T5's config sets pad and eos
+        hf_config.setdefault(key, None)
     hf_config.update(ids, dtype=dtype_name, torch_dtype=dtype_name)
     write_json_atomic(directory / CONFIG_FILE, hf_config)
     return directory
@@ -250,6 +286,12 @@ def _tokenizer_config(tokenizer: Tokenizer, cfg: GPTConfig) -> dict:
         "clean_up_tokenization_spaces": False,
     }
     config.update({k: v for k, v in special_tokens(tokenizer).items() if v is not None})
+    config.update(
+        {k: v for k, v in WORDPIECE_SPECIALS.items() if tokenizer.token_to_id(v) is not None}
+    )
+    config.update(
+        {k: v for k, v in UNIGRAM_SPECIALS.items() if tokenizer.token_to_id(v) is not None}
+    )
     if tokenizer.chat_template is not None:
         config["chat_template"] = tokenizer.chat_template
     return config

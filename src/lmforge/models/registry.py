@@ -20,6 +20,8 @@ from lmforge.errors import UserError
 
 FAMILY_MODULES: dict[str, str] = {
     "gpt": "lmforge.models.presets",
+    "t5": "lmforge.models.t5",
+    "bert": "lmforge.models.bert",
 }
 """Family name -> module defining `FAMILY`. The first family is the default."""
 DEFAULT_FAMILY = "gpt"

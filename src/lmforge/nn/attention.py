@@ -1,6 +1,6 @@
 """Multi-head attention with grouped-query heads and a preallocated KV cache.
 
-Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V   (Vaswani et al., 2017, eq. 1)
+Attention(Q, K, V) = softmax(s Q K^T + B + M) V   (Vaswani et al., 2017, eq. 1: s = 1 / sqrt(d))
 
 - Grouped-query attention (Ainslie et al., 2023): `num_kv_heads` key/value heads are shared by groups
   of `num_heads / num_kv_heads` query heads; `num_kv_heads == num_heads` is ordinary multi-head
@@ -10,7 +10,12 @@ Attention(Q, K, V) = softmax(Q K^T / sqrt(d) + M) V   (Vaswani et al., 2017, eq.
 - The kernel is `torch.nn.functional.scaled_dot_product_attention`, which picks a fused
   (flash / memory-efficient) implementation for the device.
 - The same block serves causal self-attention (decoders), bidirectional self-attention (encoders)
-  and cross-attention (encoder-decoders, `kv_input` given).
+  and cross-attention (encoder-decoders: keys and values from another sequence, `kv_input`, or
+  projected once by `project_kv` and passed as `kv` at every decoding step).
+- An additive float bias B of shape (B or 1, H, T, S) is added to the scores: T5's relative
+  position bias (Raffel et al., 2020, section 2.1). A boolean mask M is folded into it as a large
+  negative number (`attention_bias`), so padding and causality combine with the bias.
+- `scale` is s; None means 1 / sqrt(head_dim). T5 uses 1.0 (its initialisation absorbs the scale).
 - `KVCache` holds keys and values of earlier positions in tensors allocated once for the whole
   generation, so decoding a token writes one slot per layer instead of concatenating.
 """
@@ -73,6 +78,16 @@ class KVCache:
         self._split_layers()
 
 
+def attention_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The float bias (B or 1, H, T, S) with the positions a boolean mask forbids (False) set to
+    the dtype's lowest value, for use as one additive attention mask. mask: (B, 1, T, S), (B, 1,
+    1, S) or (T, S); None returns the bias as it is."""
+    if mask is None:
+        return bias
+    lowest = torch.tensor(torch.finfo(bias.dtype).min, dtype=bias.dtype, device=bias.device)
+    return torch.where(mask, bias, lowest)  # (B or 1, H, T, S)
+
+
 class Attention(nn.Module):
     projection_groups = (("q_proj", "k_proj", "v_proj"),)  # one input: see nn/fused.py
 
@@ -84,6 +99,7 @@ class Attention(nn.Module):
         head_dim: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        scale: float | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -96,6 +112,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size, bias=bias)
         self.dropout = dropout
+        self.scale = scale  # None: 1 / sqrt(head_dim)
 
     def forward(
         self,
@@ -106,14 +123,27 @@ class Attention(nn.Module):
         causal: bool = True,
         cache: KVCache | None = None,
         layer_index: int = 0,
+        kv_input: torch.Tensor | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Self-attention over x of shape (B, T, C).
+        """Self-attention over x of shape (B, T, C), or cross-attention from x to another sequence.
 
         mask: optional boolean (B, 1, T, S) or (T, S), True where a query may attend to a key; S is
         the number of keys (cached + new). Without a mask, `causal` selects a lower-triangular mask
         aligned to the end of the keys (so it also holds when a cache precedes the new tokens).
+        kv_input: (B, S, C), the sequence keys and values come from (cross-attention: no causal
+        mask, no cache, no rotation); or `kv`, its keys and values already projected by
+        `project_kv`, each (B, Hkv, S, D).
+        bias: float (B or 1, H, T, S) added to the scores; a mask or `causal` still applies.
         """
         B, T, _ = x.shape
+        if kv_input is not None or kv is not None:
+            k, v = kv if kv is not None else self.project_kv(kv_input)  # (B, Hkv, S, D) each
+            q = self.q_proj(x).view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
+            y = self._attend(q.transpose(1, 2), k, v, mask, False, bias)  # (B, H, T, D)
+            y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*D)
+            return self.o_proj(y)
         q, k, v = fused_projections(x, [self.q_proj, self.k_proj, self.v_proj])
         q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -123,9 +153,17 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_index, k, v)  # (B, Hkv, S, D)
-        y = self._attend(q, k, v, mask, causal)  # (B, H, T, D)
+        y = self._attend(q, k, v, mask, causal, bias)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*D)
         return self.o_proj(y)
+
+    def project_kv(self, kv_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a sequence (B, S, C) for cross-attention, each (B, Hkv, S, D)."""
+        B, S, _ = kv_input.shape
+        k, v = fused_projections(kv_input, [self.k_proj, self.v_proj])
+        k = k.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        v = v.view(B, S, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, S, D)
+        return k, v
 
     def _attend(
         self,
@@ -134,9 +172,14 @@ class Attention(nn.Module):
         v: torch.Tensor,
         mask: torch.Tensor | None,
         causal: bool,
+        bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         T, S = q.size(2), k.size(2)
         is_causal = False
+        if bias is not None:  # one float mask: the bias, -inf-like where the mask forbids
+            if mask is None and causal and T > 1:
+                mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=S - T)
+            mask, causal = attention_bias(bias.to(q.dtype), mask), False
         if mask is None and causal and T > 1:
             if T == S:
                 is_causal = True  # the fused kernels' own causal mask
@@ -147,8 +190,12 @@ class Attention(nn.Module):
             if T == 1:  # decoding: the G query heads of a group become G queries of its kv head
                 B, D = q.size(0), q.size(-1)
                 q = q.reshape(B, self.num_kv_heads, groups, D)  # (B, Hkv, G, D)
+                if mask is not None and mask.dim() == 4 and mask.size(1) == self.num_heads:
+                    mask = mask.reshape(mask.size(0), self.num_kv_heads, groups, S)  # per head
                 dropout = self.dropout if self.training else 0.0
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+                y = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale
+                )
                 # y: (B, Hkv, G, D)
                 return y.reshape(B, self.num_heads, 1, D)  # (B, H, 1, D)
             k = k.repeat_interleave(groups, dim=1)  # (B, H, S, D)
@@ -160,4 +207,5 @@ class Attention(nn.Module):
             attn_mask=mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=is_causal,
+            scale=self.scale,
         )

@@ -4,6 +4,9 @@
   (erf) or with the tanh approximation that GPT-2 was trained with.
 - SwiGLUMLP (Shazeer, 2020, "GLU Variants Improve Transformer"; Llama):
   down_proj(silu(gate_proj(x)) * up_proj(x)).
+- ReluMLP (Vaswani et al., 2017; the original T5): down_proj(relu(up_proj(x))).
+- GatedGeluMLP (Shazeer, 2020, GEGLU; T5 v1.1 "gated-gelu", tanh-approximated GELU):
+  down_proj(gelu(gate_proj(x)) * up_proj(x)); T5 calls the three wi_0, wi_1 and wo.
 """
 
 from __future__ import annotations
@@ -38,3 +41,27 @@ class SwiGLUMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = fused_projections(x, [self.gate_proj, self.up_proj])
         return self.down_proj(F.silu(gate) * up)
+
+
+class ReluMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.up_proj(x)))
+
+
+class GatedGeluMLP(nn.Module):
+    projection_groups = (("gate_proj", "up_proj"),)  # one input: see nn/fused.py
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = fused_projections(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)

@@ -17,6 +17,7 @@ from lmforge.device import resolve_device
 from lmforge.errors import UserError
 from lmforge.infer.chat import ChatSession
 from lmforge.infer.sampling import SamplingParams
+from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
 
 HELP = "commands: /reset (forget the history), /system TEXT (set the system message), /exit"
@@ -43,6 +44,9 @@ def main(
 ) -> ChatSession:
     stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    family = registry.family_of(model).name
+    if family != "gpt":
+        raise UserError(f"chat needs a decoder (gpt) model; {cfg.model} is a {family} model")
     session = ChatSession(model, tokenizer, cfg.template, cfg.sampling, cfg.system)
     interactive = stdin is sys.stdin and stdin.isatty()
     if interactive:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import UserError
+from lmforge.models import registry
 
 TARGET_DTYPES = {
     "lmforge": ("fp32", "bf16", "f16"),
@@ -112,6 +113,9 @@ def convert(cfg: ConvertConfig) -> Path:
     if cfg.to == "gguf":
         if tokenizer is None:
             raise UserError(f"{cfg.source} has no tokenizer.json: a GGUF file must carry one")
+        family = registry.family_of(model).name
+        if family != "gpt":
+            raise UserError(f"GGUF export takes decoder (gpt) models; {cfg.source} is a {family}")
         from lmforge.interop.gguf import save_gguf
 
         save_gguf(model, tokenizer, out, dtype=dtype)

@@ -13,8 +13,10 @@ from pathlib import Path
 
 from lmforge.data.sources import resolve_text_inputs, source_record
 from lmforge.device import resolve_device
+from lmforge.errors import UserError
 from lmforge.eval.perplexity import PerplexityResult, perplexity
 from lmforge.fileio import read_text_input
+from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
 
 
@@ -45,6 +47,9 @@ class PerplexityConfig:
 def perplexity_main(cfg: PerplexityConfig, out=None) -> PerplexityResult:
     out = out or sys.stdout
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    family = registry.family_of(model).name
+    if family != "gpt":
+        raise UserError(f"perplexity needs a decoder (gpt) model; {cfg.model} is a {family} model")
     files = resolve_text_inputs(cfg.data)
     texts = [read_text_input(f) for f in files]
     result = perplexity(

@@ -3,6 +3,9 @@
 With `--chat` each prompt becomes one user message rendered with the model's chat template (and its
 generation prompt), and generation stops at the template's end-of-turn token: the output is the
 answer alone.
+
+An encoder-decoder (t5) model reads each prompt as its source and prints the generated target
+(text-to-text; infer/seq2seq.py), greedy, sampled or by beam search (`--num-beams`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from lmforge.device import resolve_device
 from lmforge.errors import UserError
 from lmforge.infer import SamplingParams
 from lmforge.infer.generate import stream_batch
+from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
 from lmforge.tokenizer.chat import get_chat_template
 
@@ -33,6 +37,10 @@ class GenerateConfig:
     """Keep generating past the end-of-text token."""
     chat: bool = False
     """Treat each prompt as a user message in the model's chat template; stop at end-of-turn."""
+    num_beams: int = 1
+    """Beam search with this many beams (encoder-decoder models); 1 = greedy or sampling."""
+    length_penalty: float = 1.0
+    """Beam search: a hypothesis scores log p / length^length_penalty."""
 
 
 def main(cfg: GenerateConfig, out=None) -> list[str]:
@@ -40,6 +48,12 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     if not cfg.prompts:
         raise UserError("give at least one --prompt")
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    if registry.family_of(model).name == "t5":
+        return text_to_text(cfg, model, tokenizer, out)
+    if registry.family_of(model).name == "bert":
+        raise UserError(f"{cfg.model} is a masked LM (bert): it fills in [MASK]s; use fill-mask")
+    if cfg.num_beams != 1:
+        raise UserError("beam search (--num-beams) is for encoder-decoder (t5) models")
     prompts, stop, stop_ids = cfg.prompts, list(cfg.stop), set()
     if cfg.chat:
         template = get_chat_template(tokenizer)
@@ -65,5 +79,31 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
         for i, (prompt, text) in enumerate(zip(cfg.prompts, texts)):
             shown = f"> {prompt}\n{text}" if cfg.chat else prompt + text
             out.write(f"--- [{i}] ---\n{shown}\n")
+    out.flush()
+    return texts
+
+
+def text_to_text(cfg: GenerateConfig, model, tokenizer, out) -> list[str]:
+    """An encoder-decoder's output for each prompt, cut at the first stop string."""
+    from lmforge.infer.seq2seq import generate as seq2seq_generate
+
+    if cfg.chat:
+        raise UserError("--chat needs a decoder model with a chat template, not a t5 model")
+    texts = seq2seq_generate(
+        model,
+        tokenizer,
+        cfg.prompts,
+        cfg.sampling,
+        cfg.num_beams,
+        cfg.length_penalty,
+        cfg.ignore_eos,
+    )
+    for stop in filter(None, cfg.stop):
+        texts = [t.split(stop, 1)[0] for t in texts]
+    if len(texts) == 1:
+        out.write(texts[0] + "\n")
+    else:
+        for i, (prompt, text) in enumerate(zip(cfg.prompts, texts)):
+            out.write(f"--- [{i}] ---\n> {prompt}\n{text}\n")
     out.flush()
     return texts

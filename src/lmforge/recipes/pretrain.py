@@ -162,6 +162,8 @@ def _run(
     torch.manual_seed(cfg.train.seed)
     model = registry.build_model(cfg.model)
     objective = make_objective(cfg.train.objective, tokenizer, cfg.model, cfg.train)
+    if hasattr(objective, "check_data"):  # e.g. span corruption refuses data holding its sentinels
+        objective.check_data(data)
     dtype = resolve_precision(cfg.train.precision, device)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,8 +191,10 @@ def _run(
         model.eval()
         save_model(model, run_dir, tokenizer)
         plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
-        samples = REPORT_SAMPLES[registry.family_of(model).name](model, tokenizer, data)
-        write_report(run_dir, cfg, model, data, result, samples, dtype)
+        family = registry.family_of(model).name
+        samples = REPORT_SAMPLES[family](model, tokenizer, data)
+        title = REPORT_SAMPLE_TITLES.get(family, "Samples")
+        write_report(run_dir, cfg, model, data, result, samples, dtype, title)
         print(
             f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
             f"{result.tokens_per_second:,.0f} tokens/s -> {run_dir}"
@@ -204,10 +208,68 @@ def decoder_samples(model: GPT, tokenizer, data) -> list[tuple[str, str]]:
     return sample_texts(model, tokenizer, sample_prompts(data, tokenizer))
 
 
+def masked_lm_samples(model, tokenizer, data, count: int = 3) -> list[tuple[str, str]]:
+    """Fill-mask guesses for one masked word in each of a few validation passages (BERT)."""
+    from lmforge.recipes.fill_mask import MASK_TOKEN, predict_masked
+
+    val, length = data.split("val"), min(24, model.config.max_seq_len - 2)
+    samples = []
+    for start in (i * max(len(val) - length, 0) // count for i in range(count)):
+        ids = [int(t) for t in val[start : start + length]]
+        words = [i for i in range(len(ids)) if _is_whole_word(tokenizer, ids, i)]
+        if not words:
+            continue
+        target = words[len(words) // 2]  # a word in the middle of the passage
+        truth, ids[target] = tokenizer.id_to_token(ids[target]), tokenizer.token_to_id(MASK_TOKEN)
+        (prediction,) = predict_masked(model, tokenizer, ids, top_k=5)
+        guesses = ", ".join(f"{c.token} {c.probability:.2f}" for c in prediction.candidates)
+        samples.append((tokenizer.decode(ids), f"\n-> {guesses} (masked: {truth})"))
+    return samples
+
+
+def _is_whole_word(tokenizer, ids: list[int], i: int) -> bool:
+    """Token i is an ordinary one-piece word: not special, no `##` piece at it or after it."""
+    token = tokenizer.id_to_token(ids[i]) or ""
+    after = (tokenizer.id_to_token(ids[i + 1]) or "") if i + 1 < len(ids) else ""
+    special = token in tokenizer.special_tokens
+    return token.isalpha() and not special and not after.startswith("##")
+
+
+def span_samples(model, tokenizer, data, count: int = 3) -> list[tuple[str, str]]:
+    """A few span-corrupted validation passages and the model's greedy fills (T5)."""
+    from lmforge.infer.seq2seq import sample_ids
+    from lmforge.train.span import SpanCorruption, sentinel_ids
+
+    val = data.split("val")
+    length = min(32, len(val) - 1)
+    starts = [i * (len(val) - length) // count for i in range(count)]
+    windows = torch.tensor([[int(t) for t in val[s : s + length]] for s in starts])  # (n, T)
+    objective = SpanCorruption(sentinel_ids(tokenizer), tokenizer.eos_id)
+    inputs, targets = objective.corrupt(windows, torch.Generator().manual_seed(0))
+    device = next(model.parameters()).device
+    params = SamplingParams(temperature=0, max_new_tokens=2 * targets.size(1))
+    fills = sample_ids(model, inputs.to(device), params=params, eos_id=tokenizer.eos_id)
+    return [
+        (
+            tokenizer.decode(i[:-1].tolist()),
+            f"\n-> {tokenizer.decode(f)}\n   (dropped: {tokenizer.decode(t[:-1].tolist())})",
+        )
+        for i, f, t in zip(inputs, fills, targets)
+    ]
+
+
 REPORT_SAMPLES: dict[str, Callable[[Any, Any, Any], list[tuple[str, str]]]] = {
     "gpt": decoder_samples,
+    "bert": masked_lm_samples,
+    "t5": span_samples,
 }
 """Family name -> (model, tokenizer, data) -> [(input, output)] shown in report.md."""
+REPORT_SAMPLE_TITLES: dict[str, str] = {
+    "gpt": "Samples (temperature 0.8, top-k 50)",
+    "bert": "Fill-mask predictions (top 5; one word of each passage masked)",
+    "t5": "Span corruption: validation inputs and the model's greedy fills",
+}
+"""Family name -> heading of its samples in report.md (default: "Samples")."""
 
 
 def sample_prompts(data, tokenizer, count: int = 2, length: int = 6) -> list[str]:
@@ -246,6 +308,7 @@ def write_report(
     result: TrainResult,
     samples: list[tuple[str, str]],
     dtype: torch.dtype,
+    samples_title: str = REPORT_SAMPLE_TITLES["gpt"],
 ) -> None:
     sources = data.meta.get("sources") or []
     source_lines = [
@@ -283,7 +346,7 @@ def write_report(
         f"- vocabulary: {data.vocab_size} tokens",
         *source_lines,
         "",
-        "## Samples (temperature 0.8, top-k 50)",
+        f"## {samples_title}",
         "",
     ]
     for prompt, text in samples:

@@ -32,6 +32,9 @@ from lmforge.fileio import atomic_path, write_json_atomic, write_text_atomic
 EOS_TOKEN = "<|endoftext|>"
 """The end-of-text token appended after each document (GPT-2's name for it)."""
 
+SEP_TOKEN = "[SEP]"
+"""BERT's separator, which also separates documents in WordPiece pre-training data."""
+
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 """The model's Jinja chat template, saved beside `tokenizer.json` (as `transformers` does)."""
@@ -164,8 +167,10 @@ class Tokenizer:
     @property
     def document_separator_id(self) -> int | None:
         """The token between documents of pre-training data: `<|endoftext|>` (GPT-2, SmolLM2,
-        `lmforge prepare`), else the bos token, else the eos token; None when there is none."""
-        for token_id in (self.backend.token_to_id(EOS_TOKEN), self.bos_id, self.eos_id):
+        `lmforge prepare`), else the bos token, else the eos token, else BERT's `[SEP]`; None when
+        there is none."""
+        sep_id = self.backend.token_to_id(SEP_TOKEN)
+        for token_id in (self.backend.token_to_id(EOS_TOKEN), self.bos_id, self.eos_id, sep_id):
             if token_id is not None:
                 return token_id
         return None

@@ -1,9 +1,15 @@
-"""Train tokenizers: byte-level BPE (GPT-2 style) and character-level (nanoGPT's shakespeare_char).
+"""Train tokenizers: byte-level BPE (GPT-2 style), character-level (nanoGPT's shakespeare_char),
+WordPiece (BERT) and Unigram (T5).
 
 References:
 - Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units" (BPE).
 - Radford et al. 2019, GPT-2: BPE over *bytes*, so any text encodes without an unknown token.
 - nanoGPT `data/shakespeare_char/prepare.py`: the char vocabulary is `sorted(set(text))`, ids 0..n-1.
+- Schuster & Nakajima 2012 (WordPiece); Devlin et al. 2019, BERT: lower-cased text, split on
+  whitespace and punctuation, continuation pieces marked `##`, specials [PAD] [UNK] [CLS] [SEP] [MASK].
+- Kudo 2018, "Subword Regularization" (the Unigram language model); Kudo & Richardson 2018,
+  SentencePiece: spaces become `▁` and belong to the next piece; Raffel et al. 2020, T5: `<pad>` = 0,
+  `</s>` = 1, `<unk>` = 2, and 100 sentinels `<extra_id_N>` at the end of the vocabulary.
 
 Byte-level BPE reserves three special tokens by default: `<|endoftext|>` (document separator, the
 end-of-sequence token) and `<|im_start|>` / `<|im_end|>` (ChatML turn markers), so a pre-trained
@@ -18,7 +24,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
 from lmforge.errors import UserError
@@ -100,3 +106,118 @@ def train_char(text: str, special_tokens: Sequence[str] = (EOS_TOKEN,)) -> Token
     backend.decoder = decoders.Fuse()
     backend.add_special_tokens(list(special_tokens))
     return Tokenizer(backend)
+
+
+WORDPIECE_SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+"""BERT's special tokens, ids 0-4 of a trained WordPiece tokenizer: padding, unknown, sequence start
+(its hidden state feeds the pooler), separator (also between documents), masked position."""
+
+
+def train_wordpiece(
+    texts_or_files: Iterable[str] | Sequence[Path],
+    vocab_size: int,
+    special_tokens: Sequence[str] = WORDPIECE_SPECIAL_TOKENS,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    show_progress: bool = True,
+) -> Tokenizer:
+    """Train a BERT WordPiece tokenizer with `vocab_size` ids (special tokens first).
+
+    Text is normalized as BERT's (clean control characters, split CJK characters, lower-case and
+    strip accents when `lowercase`), split on whitespace and punctuation, and words are cut into
+    the longest vocabulary pieces, continuations prefixed `##`; unknown words become [UNK]. The
+    post-processor adds `[CLS] A [SEP]` (and `B [SEP]`) for `transformers`; lmforge's `encode` adds
+    no special tokens. `texts_or_files` is as for `train_bpe`.
+    """
+    specials = list(special_tokens)
+    if vocab_size <= len(specials):
+        raise UserError(
+            f"WordPiece vocab_size {vocab_size} is too small for {len(specials)} special tokens; "
+            "raise vocab_size"
+        )
+    backend = HFTokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        show_progress=show_progress,
+        continuing_subword_prefix="##",
+    )
+    items = iter(texts_or_files)
+    first = next(items, None)
+    if first is None:
+        raise UserError("no training text was given to the WordPiece trainer; pass text files")
+    if isinstance(first, os.PathLike):
+        files = [Path(first), *(Path(f) for f in items)]
+        _check_files(files)
+        try:
+            backend.train([str(f) for f in files], trainer=trainer)
+        except Exception as e:  # the Rust trainer raises plain `Exception`
+            raise UserError(f"WordPiece training failed to read its input files ({e})") from None
+    else:
+        backend.train_from_iterator(itertools.chain([first], items), trainer=trainer)
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    if cls_id is not None and sep_id is not None:
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+    return Tokenizer(backend)
+
+
+UNIGRAM_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "</s>", "<unk>")
+"""T5's special tokens, ids 0-2 of a trained Unigram tokenizer: padding (also the decoder's start
+token), end of sequence (also between documents), unknown character."""
+
+
+def train_unigram(
+    texts_or_files: Iterable[str] | Sequence[Path],
+    vocab_size: int,
+    num_sentinels: int = 100,
+    show_progress: bool = True,
+) -> Tokenizer:
+    """Train a SentencePiece-style Unigram tokenizer of `vocab_size` ids (at most: the trainer may
+    stop earlier on a small corpus) for T5: `<pad>` `</s>` `<unk>` first, the learned pieces, then
+    `num_sentinels` sentinels with `<extra_id_0>` last, as in T5's vocabulary.
+
+    The Metaspace pre-tokenizer turns each space into `▁` at the start of the next piece; there is
+    no normalization, and `\n` is always a piece, so text (line breaks included) decodes back as
+    it was, except characters the trainer never saw, which become `<unk>`. `</s>` is the eos token.
+    `texts_or_files` is as for `train_bpe`.
+    """
+    specials = list(UNIGRAM_SPECIAL_TOKENS)
+    learned = vocab_size - num_sentinels
+    if num_sentinels < 0 or learned <= len(specials) + 1:
+        raise UserError(
+            f"Unigram vocab_size {vocab_size} is too small for {len(specials)} special tokens and "
+            f"{num_sentinels} sentinels; raise vocab_size"
+        )
+    backend = HFTokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=learned,
+        special_tokens=specials,
+        unk_token="<unk>",
+        initial_alphabet=["\n"],  # file lines arrive without their line breaks
+        show_progress=show_progress,
+    )
+    items = iter(texts_or_files)
+    first = next(items, None)
+    if first is None:
+        raise UserError("no training text was given to the Unigram trainer; pass text files")
+    if isinstance(first, os.PathLike):
+        files = [Path(first), *(Path(f) for f in items)]
+        _check_files(files)
+        try:
+            backend.train([str(f) for f in files], trainer=trainer)
+        except Exception as e:  # the Rust trainer raises plain `Exception`
+            raise UserError(f"Unigram training failed to read its input files ({e})") from None
+    else:
+        backend.train_from_iterator(itertools.chain([first], items), trainer=trainer)
+    backend.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(num_sentinels))])
+    return Tokenizer(backend, eos_token="</s>")

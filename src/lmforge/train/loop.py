@@ -86,6 +86,14 @@ class TrainConfig:
     """Compile the model with torch.compile (pays off on GPUs; rarely on CPUs)."""
     max_minutes: float = 0.0
     """Stop (with a checkpoint) after this many minutes of training; 0 = no limit."""
+    mlm_probability: float = 0.15
+    """Masked LM (objective mlm): share of the non-special tokens selected for prediction."""
+    whole_word_mask: bool = False
+    """Masked LM (objective mlm): select whole words (a WordPiece word with its ## pieces)."""
+    noise_density: float = 0.15
+    """Span corruption (objective span): share of each block's tokens dropped into spans."""
+    mean_noise_span_length: float = 3.0
+    """Span corruption (objective span): mean length of a dropped span, in tokens."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -105,6 +113,14 @@ class TrainConfig:
             raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError("train.warmup_steps, grad_clip and weight_decay must be >= 0")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"train.mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if not 0.0 < self.noise_density < 1.0:
+            raise ValueError(f"train.noise_density must be in (0, 1), got {self.noise_density}")
+        if not self.mean_noise_span_length >= 1.0:
+            raise ValueError(
+                f"train.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}"
+            )
 
 
 @dataclass
@@ -232,7 +248,10 @@ def train(
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # a model whose objective leaves some parameters without gradient (BERT's pooler)
+            find_unused_parameters=getattr(model, "has_unused_parameters", False),
         )
     if cfg.compile:
         train_model = torch.compile(train_model)

@@ -9,6 +9,9 @@ section bind them there, so the objective itself stays a pure function of (model
 causal_lm: next-token cross-entropy, L = -1/N sum_t log p(x_{t+1} | x_{<=t}) (Radford et al., 2018),
 computed from the final hidden states by the fused output-layer cross-entropy of fused_ce.py.
 Targets equal to IGNORE_INDEX (-100) do not count.
+
+mlm: masked-language-model cross-entropy over 15% selected tokens (Devlin et al., 2019): train/mlm.py.
+span: T5's span corruption, cross-entropy over the dropped spans (Raffel et al., 2020): train/span.py.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch import nn
 
 from lmforge.errors import UserError
 from lmforge.train.fused_ce import linear_cross_entropy
+from lmforge.train.mlm import build_mlm_objective
+from lmforge.train.span import build_span_objective
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -43,6 +48,8 @@ ObjectiveBuilder = Callable[[Any, Any, Any], Objective]  # (tokenizer, model_con
 
 OBJECTIVES: dict[str, ObjectiveBuilder] = {
     "causal_lm": lambda tokenizer, model_config, train_config: causal_lm_loss,
+    "mlm": build_mlm_objective,  # masked LM (BERT): train/mlm.py
+    "span": build_span_objective,  # span corruption (T5): train/span.py
 }
 """Objective name -> builder. A model family lists the objectives it trains with (models/registry.py)."""
 
