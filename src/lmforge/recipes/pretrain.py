@@ -191,9 +191,8 @@ def _run(
         model.eval()
         save_model(model, run_dir, tokenizer)
         plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
-        family = registry.family_of(model).name
-        samples = REPORT_SAMPLES[family](model, tokenizer, data)
-        title = REPORT_SAMPLE_TITLES.get(family, "Samples")
+        title, make_samples = REPORT_SAMPLES[registry.family_of(model).name]
+        samples = make_samples(model, tokenizer, data)
         write_report(run_dir, cfg, model, data, result, samples, dtype, title)
         print(
             f"done: {result.steps} steps, val loss {result.val_loss:.4f}, "
@@ -258,18 +257,12 @@ def span_samples(model, tokenizer, data, count: int = 3) -> list[tuple[str, str]
     ]
 
 
-REPORT_SAMPLES: dict[str, Callable[[Any, Any, Any], list[tuple[str, str]]]] = {
-    "gpt": decoder_samples,
-    "bert": masked_lm_samples,
-    "t5": span_samples,
+REPORT_SAMPLES: dict[str, tuple[str, Callable[[Any, Any, Any], list[tuple[str, str]]]]] = {
+    "gpt": ("Samples (temperature 0.8, top-k 50)", decoder_samples),
+    "bert": ("Fill-mask predictions (top 5; one word of each passage masked)", masked_lm_samples),
+    "t5": ("Span corruption: validation inputs and the model's greedy fills", span_samples),
 }
-"""Family name -> (model, tokenizer, data) -> [(input, output)] shown in report.md."""
-REPORT_SAMPLE_TITLES: dict[str, str] = {
-    "gpt": "Samples (temperature 0.8, top-k 50)",
-    "bert": "Fill-mask predictions (top 5; one word of each passage masked)",
-    "t5": "Span corruption: validation inputs and the model's greedy fills",
-}
-"""Family name -> heading of its samples in report.md (default: "Samples")."""
+"""Family name -> (heading in report.md, (model, tokenizer, data) -> [(input, output)])."""
 
 
 def sample_prompts(data, tokenizer, count: int = 2, length: int = 6) -> list[str]:
@@ -308,7 +301,7 @@ def write_report(
     result: TrainResult,
     samples: list[tuple[str, str]],
     dtype: torch.dtype,
-    samples_title: str = REPORT_SAMPLE_TITLES["gpt"],
+    samples_title: str = "Samples",
 ) -> None:
     sources = data.meta.get("sources") or []
     source_lines = [

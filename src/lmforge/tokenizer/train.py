@@ -64,27 +64,31 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=show_progress,
     )
-
-    items = iter(texts_or_files)
-    first = next(items, None)
-    if first is None:
-        raise UserError("no training text was given to the BPE trainer; pass text files or strings")
-    if isinstance(first, os.PathLike):
-        files = [Path(first), *(Path(f) for f in items)]
-        _check_files(files)
-        try:
-            backend.train([str(f) for f in files], trainer=trainer)
-        except Exception as e:  # the Rust trainer raises plain `Exception`
-            raise UserError(f"BPE training failed to read its input files ({e})") from None
-    else:
-        backend.train_from_iterator(itertools.chain([first], items), trainer=trainer)
+    _run_trainer(backend, trainer, texts_or_files, "BPE")
     return Tokenizer(backend)
 
 
-def _check_files(files: Sequence[Path]) -> None:
-
-    for f in files:
-        check_text_file(f)
+def _run_trainer(
+    backend: HFTokenizer,
+    trainer,
+    texts_or_files: Iterable[str] | Sequence[Path],
+    kind: str,
+) -> None:
+    """Train `backend` on text strings, or on files (read by the Rust trainer, in parallel)."""
+    items = iter(texts_or_files)
+    first = next(items, None)
+    if first is None:
+        raise UserError(f"no training text was given to the {kind} trainer; pass text files")
+    if isinstance(first, os.PathLike):
+        files = [Path(first), *(Path(f) for f in items)]
+        for f in files:
+            check_text_file(f)
+        try:
+            backend.train([str(f) for f in files], trainer=trainer)
+        except Exception as e:  # the Rust trainer raises plain `Exception`
+            raise UserError(f"{kind} training failed to read its input files ({e})") from None
+    else:
+        backend.train_from_iterator(itertools.chain([first], items), trainer=trainer)
 
 
 def train_char(text: str, special_tokens: Sequence[str] = (EOS_TOKEN,)) -> Tokenizer:
@@ -146,19 +150,7 @@ def train_wordpiece(
         show_progress=show_progress,
         continuing_subword_prefix="##",
     )
-    items = iter(texts_or_files)
-    first = next(items, None)
-    if first is None:
-        raise UserError("no training text was given to the WordPiece trainer; pass text files")
-    if isinstance(first, os.PathLike):
-        files = [Path(first), *(Path(f) for f in items)]
-        _check_files(files)
-        try:
-            backend.train([str(f) for f in files], trainer=trainer)
-        except Exception as e:  # the Rust trainer raises plain `Exception`
-            raise UserError(f"WordPiece training failed to read its input files ({e})") from None
-    else:
-        backend.train_from_iterator(itertools.chain([first], items), trainer=trainer)
+    _run_trainer(backend, trainer, texts_or_files, "WordPiece")
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     if cls_id is not None and sep_id is not None:
         backend.post_processor = processors.TemplateProcessing(
@@ -206,18 +198,6 @@ def train_unigram(
         initial_alphabet=["\n"],  # file lines arrive without their line breaks
         show_progress=show_progress,
     )
-    items = iter(texts_or_files)
-    first = next(items, None)
-    if first is None:
-        raise UserError("no training text was given to the Unigram trainer; pass text files")
-    if isinstance(first, os.PathLike):
-        files = [Path(first), *(Path(f) for f in items)]
-        _check_files(files)
-        try:
-            backend.train([str(f) for f in files], trainer=trainer)
-        except Exception as e:  # the Rust trainer raises plain `Exception`
-            raise UserError(f"Unigram training failed to read its input files ({e})") from None
-    else:
-        backend.train_from_iterator(itertools.chain([first], items), trainer=trainer)
+    _run_trainer(backend, trainer, texts_or_files, "Unigram")
     backend.add_special_tokens([f"<extra_id_{i}>" for i in reversed(range(num_sentinels))])
     return Tokenizer(backend, eos_token="</s>")
