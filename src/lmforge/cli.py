@@ -94,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model for a task (classify) with a method (full, feature)",
+        description="Fine-tune a pre-trained model. Any config field can be set as "
+        "--section.key=value, e.g. --train.max_steps=300 --data.train_subset=2000 "
+        "--head.dropout=0.1.",
+    )
+    p.add_argument("--model", help="pre-trained model or run directory (or a GGUF file)")
+    p.add_argument("--method", help="full (every parameter) or feature (frozen backbone, head)")
+    p.add_argument("--task", help="classify (sequence classification; the default)")
+    p.add_argument("--data", help="rotten-tomatoes (default) or a .jsonl / .csv labelled file")
+    p.add_argument("--config", help="YAML run file (model, method, task, data, head, train)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("classify", help="label texts with a classifier from `lmforge finetune`")
+    p.add_argument("--model", required=True, help="run directory of `lmforge finetune`")
+    p.add_argument("--text", action="append", required=True, help="text (repeat for several)")
+    p.add_argument("--device", default="auto")
+
     p = sub.add_parser("generate", help="continue prompts with a trained model")
     p.add_argument("--model", required=True, help="model or run directory")
     p.add_argument("--prompt", action="append", default=[], help="prompt (repeat for a batch)")
@@ -154,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra and args.command != "pretrain":
+    if extra and args.command not in ("pretrain", "finetune"):
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "quickstart":
         from lmforge.recipes import quickstart
@@ -185,6 +206,16 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             extra = [*extra, f"--train.objective={args.objective}"]
         cfg = pretrain.load_config(args.config, extra, Path(args.out), args.resume)
         pretrain.main(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
+    elif args.command == "finetune":
+        from lmforge.recipes import finetune
+
+        flags = {k: getattr(args, k) for k in ("model", "method", "task", "data")}
+        cfg = finetune.load_config(args.config, extra, flags, Path(args.out), args.resume)
+        finetune.main(cfg, args.out, resume=args.resume, show_progress=not args.no_progress)
+    elif args.command == "classify":
+        from lmforge.recipes import classify
+
+        classify.main(classify.ClassifyConfig(args.model, args.text, args.device))
     elif args.command == "generate":
         from lmforge.recipes import generate
 

@@ -12,6 +12,10 @@
 
 Batches are drawn by a generator seeded from (seed, rank, step, micro-batch), so the data stream is
 a pure function of the step: a resumed run sees exactly the batches the uninterrupted one would.
+The data object has `get_batch(split, batch_size, block_size, generator)` and
+`iter_eval_batches(split, batch_size, block_size, max_batches)`; a batch is a tuple of tensors
+whose last holds the targets: token windows (x, y) for pre-training (data/shards.py), (input_ids,
+attention_mask, labels) or (features, labels) for classification (data/classification.py).
 """
 
 from __future__ import annotations
@@ -157,13 +161,14 @@ def evaluate(
     batches = data.iter_eval_batches(
         "val", cfg.batch_size, cfg.block_size, cfg.eval_batches or None
     )
-    for i, (x, y) in enumerate(batches):
+    for i, batch in enumerate(batches):
         if i % dist.world_size != dist.rank:
             continue
+        batch = tuple(t.to(device) for t in batch)
         with autocast(device, dtype):
-            loss = objective(model, (x.to(device), y.to(device)))
-        total += loss.item() * x.numel()
-        count += x.numel()
+            loss = objective(model, batch)
+        total += loss.item() * batch[-1].numel()  # weighted by the number of targets
+        count += batch[-1].numel()
     model.train(was_training)
     if dist.enabled:
         total = all_reduce_mean(total, dist, device) * dist.world_size
@@ -214,10 +219,11 @@ def train(
     dtype = resolve_precision(cfg.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    if cfg.block_size > getattr(model.config, "max_seq_len", cfg.block_size):
+    context = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if context is not None and cfg.block_size > context:
         raise UserError(
             f"train.block_size {cfg.block_size} exceeds the model context "
-            f"{model.config.max_seq_len}; lower train.block_size or raise model.max_seq_len"
+            f"{context}; lower train.block_size or raise model.max_seq_len"
         )
     model.to(device).train()
     optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device=device)
@@ -291,13 +297,13 @@ def train(
             group["lr"] = lr
         for micro in range(cfg.grad_accum):
             gen = batch_generator(cfg.seed, dist.rank, step, micro, cfg.grad_accum)
-            x, y = data.get_batch("train", cfg.batch_size, cfg.block_size, gen)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            batch = data.get_batch("train", cfg.batch_size, cfg.block_size, gen)
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
             sync = micro == cfg.grad_accum - 1
             ctx = train_model.no_sync() if (dist.enabled and not sync) else nullcontext()
             with ctx:
                 with autocast(device, dtype):
-                    loss = objective(train_model, (x, y)) / cfg.grad_accum
+                    loss = objective(train_model, batch) / cfg.grad_accum
                 loss.backward()
             window_loss += loss.detach()
         grad_norm = clip_grad_norm(trained, cfg.grad_clip) if cfg.grad_clip > 0 else None

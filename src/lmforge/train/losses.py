@@ -12,6 +12,9 @@ Targets equal to IGNORE_INDEX (-100) do not count.
 
 mlm: masked-language-model cross-entropy over 15% selected tokens (Devlin et al., 2019): train/mlm.py.
 span: T5's span corruption, cross-entropy over the dropped spans (Raffel et al., 2020): train/span.py.
+
+classification_loss (fine-tuning, recipes/finetune.py): cross-entropy of one label per sequence,
+L = -1/B sum_b log softmax(logits_b)[y_b].
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.errors import UserError
@@ -41,6 +45,14 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
     x, y = batch
     hidden = model(x, return_hidden=True)  # (B, T, C)
     return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, y)
+
+
+def classification_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean cross-entropy of the labels (B,), the last tensor of the batch, given the others:
+    (input_ids, attention_mask) for a `SequenceClassifier`, or pooled features for a head alone."""
+    *inputs, labels = batch
+    logits = model(*inputs)  # (B, num_labels)
+    return F.cross_entropy(logits.float(), labels)
 
 
 Objective = Callable[[nn.Module, Batch], torch.Tensor]
