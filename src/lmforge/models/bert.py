@@ -24,13 +24,13 @@ Design decisions
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.models.registry import Family, get_preset
+from lmforge.models.registry import Family, FamilyConfig
 from lmforge.nn import Attention, GeluMLP
 
 ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
@@ -38,8 +38,10 @@ ACTIVATIONS = {"gelu": "none", "gelu_tanh": "tanh"}
 
 
 @dataclass
-class BertConfig:
+class BertConfig(FamilyConfig):
     """Shape and variant of an encoder-only model. Field docstrings double as CLI help."""
+
+    family = "bert"
 
     vocab_size: int = 30522
     """Number of token embeddings (at least the tokenizer's vocabulary size)."""
@@ -90,23 +92,6 @@ class BertConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> BertConfig:
-        """A named preset (PRESETS below) with some fields replaced."""
-        return get_preset(name, **overrides)
-
-    def to_dict(self) -> dict:
-        return {"family": "bert", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> BertConfig:
-        data = {k: v for k, v in data.items() if k != "family"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
 
 
 class Block(nn.Module):

@@ -17,17 +17,20 @@ Design decisions
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from lmforge.models.registry import FamilyConfig
 from lmforge.nn import Attention, GeluMLP, KVCache, RotaryEmbedding, SwiGLUMLP, make_norm
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(FamilyConfig):
     """Shape and variant of a decoder-only model. Field docstrings double as CLI help."""
+
+    family = "gpt"
 
     vocab_size: int = 50304
     """Number of token embeddings (at least the tokenizer's vocabulary size)."""
@@ -102,25 +105,6 @@ class GPTConfig:
             _check_rope_scaling(self.rope_scaling, self.position)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> GPTConfig:
-        """A named preset (models/presets.py) with some fields replaced."""
-        from lmforge.models.presets import get_preset
-
-        return get_preset(name, **overrides)
-
-    def to_dict(self) -> dict:
-        return {"family": "gpt", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GPTConfig:
-        data = {k: v for k, v in data.items() if k != "family"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
 
 
 _ROPE_SCALING_KEYS = {

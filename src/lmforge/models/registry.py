@@ -11,8 +11,8 @@ module the first time it is asked for, so importing lmforge does not import ever
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -25,6 +25,37 @@ FAMILY_MODULES: dict[str, str] = {
 }
 """Family name -> module defining `FAMILY`. The first family is the default."""
 DEFAULT_FAMILY = "gpt"
+
+
+class FamilyConfig:
+    """Base of every family's config dataclass: presets, and the `config.json` form naming the family.
+
+    A subclass is a `@dataclass` that sets `family` (a class attribute, not a field).
+    """
+
+    family: ClassVar[str]
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        """A named preset of this family with some fields replaced."""
+        config = get_preset(name, **overrides)
+        if not isinstance(config, cls):
+            raise UserError(
+                f"model preset {name!r} is a {family_of(config).name} model, not {cls.family}"
+            )
+        return config
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The config of `to_dict()` output; ValueError on keys the dataclass does not have."""
+        data = {k: v for k, v in data.items() if k != "family"}
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
+        return cls(**data)
 
 
 @dataclass(frozen=True)

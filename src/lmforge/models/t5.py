@@ -22,12 +22,12 @@ Design decisions
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lmforge.models.registry import Family
+from lmforge.models.registry import Family, FamilyConfig
 from lmforge.nn import (
     Attention,
     GatedGeluMLP,
@@ -42,8 +42,10 @@ MLPS = ("relu", "gated-gelu")
 
 
 @dataclass
-class T5Config:
+class T5Config(FamilyConfig):
     """Shape and variant of an encoder-decoder model. Field docstrings double as CLI help."""
+
+    family = "t5"
 
     vocab_size: int = 32128
     """Number of token embeddings (at least the tokenizer's vocabulary size)."""
@@ -122,24 +124,6 @@ class T5Config:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.norm_eps <= 0:
             raise ValueError(f"model.norm_eps must be positive, got {self.norm_eps}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> T5Config:
-        """A named preset (PRESETS below) with some fields replaced."""
-        from lmforge.models.registry import get_preset
-
-        return get_preset(name, **overrides)
-
-    def to_dict(self) -> dict:
-        return {"family": "t5", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> T5Config:
-        data = {k: v for k, v in data.items() if k != "family"}
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown model config keys: {', '.join(unknown)}")
-        return cls(**data)
 
 
 # ------------------------------------------------------------------------------------- blocks

@@ -29,7 +29,9 @@ class GeluMLP(nn.Module):
         return self.down_proj(F.gelu(self.up_proj(x), approximate=self.approximate))
 
 
-class SwiGLUMLP(nn.Module):
+class GatedMLP(nn.Module):
+    """down_proj(activation(gate_proj(x)) * up_proj(x)); subclasses choose the activation."""
+
     projection_groups = (("gate_proj", "up_proj"),)  # one input: see nn/fused.py
 
     def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
@@ -38,9 +40,17 @@ class SwiGLUMLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, dim, bias=bias)
 
+    @staticmethod
+    def activation(gate: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = fused_projections(x, [self.gate_proj, self.up_proj])
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.activation(gate) * up)
+
+
+class SwiGLUMLP(GatedMLP):
+    activation = staticmethod(F.silu)
 
 
 class ReluMLP(nn.Module):
@@ -53,15 +63,7 @@ class ReluMLP(nn.Module):
         return self.down_proj(F.relu(self.up_proj(x)))
 
 
-class GatedGeluMLP(nn.Module):
-    projection_groups = (("gate_proj", "up_proj"),)  # one input: see nn/fused.py
-
-    def __init__(self, dim: int, hidden: int, bias: bool = False) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=bias)
-        self.up_proj = nn.Linear(dim, hidden, bias=bias)
-        self.down_proj = nn.Linear(hidden, dim, bias=bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = fused_projections(x, [self.gate_proj, self.up_proj])
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+class GatedGeluMLP(GatedMLP):
+    @staticmethod
+    def activation(gate: torch.Tensor) -> torch.Tensor:
+        return F.gelu(gate, approximate="tanh")
