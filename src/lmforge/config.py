@@ -78,6 +78,17 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+def load_layers(config_file: str | None, overrides: list[str], saved: Path | None) -> dict:
+    """A run's raw config: `saved` (a resumed run's config.yaml, if given and present), then the
+    YAML run file, then the `--section.key=value` overrides, each merged over the last."""
+    raw: dict = {}
+    if saved is not None and saved.is_file():
+        raw = load_yaml(saved)
+    if config_file:
+        raw = merge(raw, load_yaml(config_file))
+    return merge(raw, parse_overrides(overrides))
+
+
 def build(cls: type[T], data: dict | None, where: str = "") -> T:
     """Instantiate dataclass `cls` from a nested mapping, coercing strings to the field types."""
     data = dict(data or {})

@@ -8,7 +8,6 @@ architecture: 30 layers, width 576, 9 query / 3 key-value heads, SwiGLU 1536, RM
 
 from __future__ import annotations
 
-from lmforge.errors import UserError
 from lmforge.models.gpt import GPT, GPTConfig
 from lmforge.models.registry import Family
 
@@ -58,16 +57,6 @@ PRESETS: dict[str, dict] = {
         bias=False,
     ),
 }
-
-
-def get_preset(name: str, **overrides) -> GPTConfig:
-    """The config of preset `name`, with fields replaced by `overrides` (validated again)."""
-    if name not in PRESETS:
-        raise UserError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    try:
-        return GPTConfig(**{**PRESETS[name], **overrides})
-    except (TypeError, ValueError) as e:
-        raise UserError(f"bad model config: {e}") from None
 
 
 FAMILY = Family(

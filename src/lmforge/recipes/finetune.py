@@ -220,13 +220,7 @@ def load_config(
 ) -> FinetuneConfig:
     """The run's config: a resumed run's config.yaml, then the file, `--section.key` overrides and
     the command's own flags (`--model`, `--method`, `--task`, `--data`)."""
-    raw: dict = {}
-    saved = run_dir / "config.yaml"
-    if resume and saved.is_file():
-        raw = configlib.load_yaml(saved)
-    if config_file:
-        raw = configlib.merge(raw, configlib.load_yaml(config_file))
-    raw = configlib.merge(raw, configlib.parse_overrides(overrides))
+    raw = configlib.load_layers(config_file, overrides, run_dir / "config.yaml" if resume else None)
     for key in ("model", "method", "task"):
         if flags.get(key) is not None:
             raw[key] = flags[key]

@@ -98,14 +98,8 @@ def config_to_dict(cfg: PretrainConfig) -> dict:
 
 def load_config(config_file: str | None, overrides: list[str], run_dir: Path, resume: bool):
     """The run's config: a resumed run starts from its saved config.yaml, then file, overrides."""
-    raw: dict = {}
-    saved = run_dir / "config.yaml"
-    if resume and saved.is_file():
-        raw = configlib.load_yaml(saved)
-    if config_file:
-        raw = configlib.merge(raw, configlib.load_yaml(config_file))
-    raw = configlib.merge(raw, configlib.parse_overrides(overrides))
-    return build_config(raw)
+    saved = run_dir / "config.yaml" if resume else None
+    return build_config(configlib.load_layers(config_file, overrides, saved))
 
 
 def main(
