@@ -267,13 +267,11 @@ def _gpt_framing(tokenizer, config) -> Framing:
 
 
 def _bert_framing(tokenizer, config) -> Framing:
-    ids = {t: tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
-    missing = [t for t, i in ids.items() if i is None]
-    if missing:
-        raise UserError(
-            f"the BERT model's tokenizer has no {' or '.join(missing)} token; use the WordPiece "
-            "tokenizer it was pre-trained with"
-        )
+    ids = tokenizer.require_ids(
+        ("[CLS]", "[SEP]", "[PAD]"),
+        "use the WordPiece tokenizer it was pre-trained with",
+        owner="the BERT model's tokenizer",
+    )
     return Framing((ids["[CLS]"],), (ids["[SEP]"],), ids["[PAD]"])
 
 

@@ -189,6 +189,16 @@ class Tokenizer:
         """Id of a token string, or None when it is not in the vocabulary."""
         return self.backend.token_to_id(token)
 
+    def require_ids(
+        self, tokens: Sequence[str], fix: str, owner: str = "tokenizer"
+    ) -> dict[str, int]:
+        """Ids of `tokens`; a `UserError` naming the missing ones (then `fix`) if any is absent."""
+        ids = {t: self.token_to_id(t) for t in tokens}
+        missing = [t for t, i in ids.items() if i is None]
+        if missing:
+            raise UserError(f"{owner} has no {' or '.join(missing)} token; {fix}")
+        return ids
+
     def id_to_token(self, token_id: int) -> str | None:
         """Token string of an id, or None when the id is out of range."""
         return self.backend.id_to_token(int(token_id))

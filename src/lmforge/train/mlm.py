@@ -58,18 +58,9 @@ class MaskingVocab:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> MaskingVocab:
         """The ids of a WordPiece tokenizer; a `UserError` when it lacks [MASK], [CLS] or [SEP]."""
-        if tokenizer.token_to_id("[MASK]") is None:
-            raise UserError(
-                "tokenizer has no [MASK] token; train a WordPiece tokenizer "
-                "(lmforge tokenizer train --kind wordpiece)"
-            )
-        ids = {t: tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]", "[MASK]")}
-        missing = [t for t, i in ids.items() if i is None]
-        if missing:
-            raise UserError(
-                f"tokenizer has no {' or '.join(missing)} token; train a WordPiece tokenizer "
-                "(lmforge tokenizer train --kind wordpiece)"
-            )
+        fix = "train a WordPiece tokenizer (lmforge tokenizer train --kind wordpiece)"
+        tokenizer.require_ids(("[MASK]",), fix)  # named alone: a BPE tokenizer lacks all three
+        ids = tokenizer.require_ids(("[CLS]", "[SEP]", "[MASK]"), fix)
         V = tokenizer.vocab_size
         is_special = torch.zeros(V, dtype=torch.bool)
         specials = [tokenizer.token_to_id(t) for t in tokenizer.special_tokens]
