@@ -50,11 +50,12 @@ def test_fused_cross_entropy_without_grad():
         torch.testing.assert_close(linear_cross_entropy(h, w, t), F.cross_entropy(h @ w.t(), t))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 100])
+@pytest.mark.parametrize("rows", [1, 3, 6, 8, 100])  # each product of fast_linear
 @pytest.mark.parametrize("bias", [True, False])
-def test_decode_linear_equals_linear(rows, bias):
+@pytest.mark.parametrize("out_features", [96, 40])  # 40: not a multiple of the column block
+def test_decode_linear_equals_linear(rows, bias, out_features):
     torch.manual_seed(0)
-    linear = nn.Linear(48, 96, bias=bias)
+    linear = nn.Linear(48, out_features, bias=bias)
     fast = DecodeLinear(linear)
     x = torch.randn(rows, 1, 48)
     with torch.inference_mode():

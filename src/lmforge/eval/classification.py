@@ -31,6 +31,9 @@ class ClassificationMetrics:
     def as_dict(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}accuracy": self.accuracy, f"{prefix}macro_f1": self.macro_f1}
 
+    def summary(self) -> str:
+        return f"accuracy {self.accuracy:.4f} (macro F1 {self.macro_f1:.4f})"
+
 
 def classification_metrics(
     predictions: torch.Tensor, labels: torch.Tensor, num_labels: int

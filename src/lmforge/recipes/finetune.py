@@ -8,20 +8,20 @@
 The pieces, each chosen from a dict by name:
     model   any family (gpt, bert, t5), any format `lmforge convert` reads (lmforge directory,
             Hugging Face directory, GGUF file), with its tokenizer
-    task    supplies the head, the data, the loss and the metrics (`TASKS`; today `classify`:
-            models/heads.py, data/classification.py, eval/classification.py)
+    task    supplies the data, the head, the loss, the metrics, the saved model and its part
+            of the report (tasks/: `TASKS`, each a `tasks.base.Task`)
     method  prepares the model in place: freezing, and later wrapping or replacing modules
             (peft/methods.py: `full`, `feature`)
 and train/loop.py trains whatever is trainable (schedule, accumulation, clipping, checkpoints,
-resume, metrics.jsonl, progress). The feature method runs the frozen backbone once over every
-example and trains the head alone on the cached pooled features.
+resume, metrics.jsonl, progress). With the feature method, a task that can (classify) runs the
+frozen backbone once over every example and trains the head alone on the cached features.
 
 The run directory holds config.yaml, metrics.jsonl (training records, then the final validation and
-test metrics), checkpoints/, loss.png, report.md (method, trainable / total parameters, peak memory,
-wall time, checkpoint size, accuracy and macro F1) and the classifier itself: the backbone as a
-model directory (config.json, model.safetensors, tokenizer.json) plus head.safetensors and
-classifier.json. `lmforge classify --model RUN --text ...` and `recipes/classify.py`
-`load_classifier(RUN)(texts)` use it. Single process (no torchrun) for now.
+test metrics), checkpoints/, loss.png, report.md (the task's scores; method, trainable / total
+parameters, peak memory, wall time, checkpoint size) and the fine-tuned model as the task saves it:
+for classify the backbone as a model directory (config.json, model.safetensors, tokenizer.json)
+plus head.safetensors and classifier.json, which `lmforge classify --model RUN --text ...` and
+`recipes/classify.py` `load_classifier(RUN)(texts)` use. Single process (no torchrun) for now.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -38,39 +37,19 @@ import torch
 from torch import nn
 
 from lmforge import config as configlib
-from lmforge.data.classification import FRAMINGS, SPLITS, TokenBatches, load_labelled_splits
+from lmforge.data.classification import SPLITS
 from lmforge.device import resolve_device, resolve_precision
 from lmforge.errors import UserError
-from lmforge.eval.classification import ClassificationMetrics, classification_metrics, predict
 from lmforge.fileio import write_text_atomic
 from lmforge.models import registry
-from lmforge.models.heads import SequenceClassifier, count_parameters, save_classifier
+from lmforge.models.heads import count_parameters
 from lmforge.models.loading import check_vocab
-from lmforge.peft import Method, cache_features, get_method
+from lmforge.peft import Method, get_method
+from lmforge.tasks import ClassifyDataConfig, Task, TaskSetup, get_task
+from lmforge.tasks.base import Metrics
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.loop import TrainConfig, TrainResult, train
-from lmforge.train.losses import classification_loss
 from lmforge.train.metrics import MetricsLog, plot_loss_curves
-
-
-@dataclass
-class ClassifyDataConfig:
-    source: str = "rotten-tomatoes"
-    """`rotten-tomatoes` or a .jsonl / .csv file of labelled texts (`--data`)."""
-    text_field: str = "text"
-    """Field (JSONL key or CSV column) holding the text."""
-    label_field: str = "label"
-    """Field holding the label (a string or an integer)."""
-    labels: list[str] = field(default_factory=list)
-    """The label set in index order (default: the sorted labels of the data)."""
-    split_seed: int = 0
-    """Seed of the permutation that cuts the examples into train / val / test."""
-    val_fraction: float = 0.1
-    """Share of the examples in the validation split."""
-    test_fraction: float = 0.1
-    """Share of the examples in the test split."""
-    train_subset: int = 0
-    """Keep only this many training examples (0 = all): short CPU runs."""
 
 
 @dataclass
@@ -78,8 +57,8 @@ class HeadConfig:
     dropout: float = 0.1
     """Dropout on the pooled features before the classification layer."""
     pooling: str = "auto"
-    """How hidden states become one vector: auto (gpt last token, bert cls, t5 mean), last, mean
-    or cls (models/heads.py)."""
+    """classify: how hidden states become one vector: auto (gpt last token, bert cls, t5 mean),
+    last, mean or cls (models/heads.py)."""
 
 
 @dataclass
@@ -89,8 +68,9 @@ class FinetuneConfig:
     method: str = "full"
     """Fine-tuning method, from peft/methods.py METHODS (`--method`)."""
     task: str = "classify"
-    """Task, from TASKS below (`--task`)."""
-    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    """Task, from tasks/__init__.py TASKS (`--task`)."""
+    data: object = field(default_factory=ClassifyDataConfig)
+    """The task's own data section (its `data_config` dataclass, e.g. tasks/classify.py)."""
     head: HeadConfig = field(default_factory=HeadConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation; `block_size` is the longest input in tokens (longer texts are truncated)."""
@@ -107,13 +87,14 @@ TRAIN_DEFAULTS = dict(
     checkpoint_interval=0,
     keep_checkpoints=1,
 )
-"""Train-section defaults of a fine-tuning run; a method's own (peft/methods.py) go on top."""
+"""Train-section defaults of a fine-tuning run; the task's, then the method's (peft/methods.py)
+go on top."""
 
 
 @dataclass
 class FinetuneResult:
     train: TrainResult
-    metrics: dict[str, ClassificationMetrics]
+    metrics: dict[str, Metrics]
     """`val` and `test`."""
     trainable_params: int
     total_params: int
@@ -124,88 +105,34 @@ class FinetuneResult:
     peak_cuda_mb: float | None
     checkpoint_bytes: int
     """Size of the weights a training checkpoint stores (what the method trains)."""
-    classifier_bytes: int
-    """Size of the saved classifier directory's weights (backbone + head)."""
+    saved_bytes: int
+    """Size of the saved model's weights (backbone and any head)."""
     max_length: int
     """The longest input in tokens (train.block_size, at most the model's context)."""
-    pooling: str
-    """How the classifier pooled hidden states (models/heads.py POOLINGS)."""
-
-
-# --------------------------------------------------------------------------------------- tasks
-def setup_classify(backbone: nn.Module, tokenizer, cfg: FinetuneConfig):
-    """(SequenceClassifier, TokenBatches, LabelledSplits): the data split and tokenized as the
-    backbone's family frames text, and a head with one output per label."""
-    d = cfg.data
-    splits = load_labelled_splits(
-        d.source,
-        text_field=d.text_field,
-        label_field=d.label_field,
-        labels=d.labels,
-        seed=d.split_seed,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-        train_subset=d.train_subset,
-    )
-    family = registry.family_of(backbone).name
-    framing = FRAMINGS[family](tokenizer, backbone.config)
-    max_length = min(cfg.train.block_size, backbone.config.max_seq_len)  # longer texts are cut
-    data = TokenBatches.from_splits(splits, tokenizer, framing, max_length)
-    torch.manual_seed(cfg.train.seed)  # the head's initialisation
-    labels = splits.label_names
-    model = SequenceClassifier(backbone, len(labels), cfg.head.dropout, labels, cfg.head.pooling)
-    return model, data, splits
-
-
-def evaluate_classify(model, data, split, device, dtype) -> ClassificationMetrics:
-    """Accuracy and macro F1 of `model` (classifier, or head on cached features) on `split`."""
-    predicted, truth = predict(model, data, split, 64, device, dtype)
-    return classification_metrics(predicted, truth, model.num_labels)
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    description: str
-    setup: Callable
-    """(backbone, tokenizer, cfg) -> (model holding the backbone and the task's head, batch
-    source for train/loop.py, the examples)."""
-    loss: Callable
-    """The objective, loss = loss(model, batch) (train/losses.py)."""
-    evaluate: Callable
-    """(model, batch source, split, device, dtype) -> metrics of that split."""
-
-
-TASKS: dict[str, Task] = {
-    "classify": Task(
-        "classify",
-        "sequence classification: a head on pooled features; accuracy and macro F1",
-        setup_classify,
-        classification_loss,
-        evaluate_classify,
-    ),
-}
-"""Task name -> Task. `sft` (instruction tuning) and token/span/text-to-text tasks join here."""
-
-
-def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}")
-    return TASKS[name]
 
 
 # -------------------------------------------------------------------------------------- config
 def build_config(raw: dict) -> FinetuneConfig:
-    """A FinetuneConfig from a nested mapping: TRAIN_DEFAULTS, the method's defaults, then `raw`."""
+    """A FinetuneConfig from a nested mapping: TRAIN_DEFAULTS, the task's and the method's
+    defaults, then `raw`; the data section is the task's own dataclass."""
     raw = dict(raw)
     method = get_method(str(raw.get("method") or "full"))
-    task = get_task(str(raw.get("task") or "classify")).name
+    task = get_task(str(raw.get("task") or "classify"))
     given = dict(raw.get("train") or {})
-    train_raw = {**TRAIN_DEFAULTS, **method.train_defaults, **given, "objective": task}
+    train_raw = {
+        **TRAIN_DEFAULTS,
+        **task.train_defaults,
+        **method.train_defaults,
+        **given,
+        "objective": task.name,
+    }
     if "lr" in given and "min_lr" not in given:  # keep the cosine's floor below a lowered peak
         train_raw["min_lr"] = _as_float(given["lr"], "train.lr") / 10
     raw["train"] = train_raw
-    return configlib.build(FinetuneConfig, raw)
+    data = configlib.build(task.data_config, raw.pop("data", None), "data.")
+    cfg = configlib.build(FinetuneConfig, raw)
+    cfg.data = data
+    return cfg
 
 
 def _as_float(value, where: str) -> float:
@@ -245,7 +172,9 @@ def main(
     _check_run_dir(run_dir, resume)
     backbone, tokenizer = load_backbone(cfg.model)
     family = registry.family_of(backbone).name
-    model, data, splits = task.setup(backbone, tokenizer, cfg)
+    task.check_family(family)
+    setup = task.setup(backbone, tokenizer, cfg)
+    model, examples = setup.model, setup.examples
     method.prepare(model, cfg)
     trainable, total = count_parameters(model)
     device = resolve_device(cfg.train.device)
@@ -254,23 +183,23 @@ def main(
         torch.cuda.reset_peak_memory_stats(device)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", configlib.dump_yaml(cfg))
-    sizes = ", ".join(f"{splits.size(s):,} {s}" for s in SPLITS)
+    sizes = ", ".join(f"{examples.size(s):,} {s}" for s in SPLITS)
     print(
         f"{family} model {cfg.model}: {trainable:,} of {total:,} parameters trainable "
-        f"({method.name}); data {splits.source.get('name')}: {sizes} examples, "
-        f"{len(splits.label_names)} labels; device {device.type}, "
-        f"{str(dtype).removeprefix('torch.')}"
+        f"({method.name}); data {examples.source.get('name')}: {sizes} examples, "
+        f"{setup.about}; device {device.type}, {str(dtype).removeprefix('torch.')}"
     )
 
     feature_seconds = 0.0
     train_model: nn.Module = model
-    train_data = data
+    train_data = setup.data
     if method.cached_features:
         t0 = time.perf_counter()
-        train_data = cache_features(model, data, device, dtype, show_progress=show_progress)
+        cached = task.cache_features(setup, device, dtype, show_progress)
+        if cached is not None:  # else the frozen backbone runs at every step
+            train_model, train_data = cached
         feature_seconds = time.perf_counter() - t0
-        train_model = model.head
-    max_length = data.max_length
+    max_length = setup.data.max_length
     train_cfg = replace(cfg.train, block_size=max_length)
     result = train(
         train_model,
@@ -293,12 +222,11 @@ def main(
         "method": method.name,
         "base_model": str(cfg.model),
         "max_length": max_length,
-        "data": splits.source.get("name"),
+        "data": examples.source.get("name"),
     }
-    save_classifier(model, run_dir, tokenizer, info)
+    weights = task.save(model, run_dir, tokenizer, info)
     plot_loss_curves(run_dir / "metrics.jsonl", run_dir / "loss.png", title=run_dir.name)
     latest = ckpt.latest_checkpoint(run_dir)
-    weights = ("model.safetensors", "head.safetensors")
     out_result = FinetuneResult(
         train=result,
         metrics=metrics,
@@ -311,15 +239,13 @@ def main(
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
         checkpoint_bytes=_size(latest / "model.safetensors") if latest else 0,
-        classifier_bytes=sum(_size(run_dir / w) for w in weights),
+        saved_bytes=sum(_size(run_dir / w) for w in weights),
         max_length=max_length,
-        pooling=model.pooling,
     )
-    write_report(run_dir, cfg, method, family, splits, out_result, dtype)
-    val, test = metrics["val"], metrics["test"]
+    write_report(run_dir, cfg, method, task, family, setup, out_result, dtype)
     print(
-        f"done: {result.steps} steps, val accuracy {val.accuracy:.4f} (macro F1 {val.macro_f1:.4f}), "
-        f"test accuracy {test.accuracy:.4f} (macro F1 {test.macro_f1:.4f}) -> {run_dir}"
+        f"done: {result.steps} steps, val {metrics['val'].summary()}, "
+        f"test {metrics['test'].summary()} -> {run_dir}"
     )
     return out_result
 
@@ -366,40 +292,27 @@ def write_report(
     run_dir: Path,
     cfg: FinetuneConfig,
     method: Method,
+    task: Task,
     family: str,
-    splits,
+    setup: TaskSetup,
     r: FinetuneResult,
     dtype: torch.dtype,
 ) -> None:
-    src = splits.source
-    train_labels = torch.tensor(splits.labels["train"])
-    majority = int(torch.bincount(train_labels, minlength=len(splits.label_names)).argmax())
-    test_labels = torch.tensor(splits.labels["test"])
-    baseline = float((test_labels == majority).float().mean())
+    src = setup.examples.source
     cuda = f"{r.peak_cuda_mb:,.0f} MiB" if r.peak_cuda_mb is not None else "n/a (CPU)"
-    val, test = r.metrics["val"], r.metrics["test"]
     val_loss = f"{r.train.val_loss:.4f}" if r.train.val_loss is not None else "n/a"
     lines = [
         f"# Fine-tuning report: {run_dir.name}",
         "",
         f"`{method.name}` ({method.description}) fine-tuning of the {family} model "
-        f"`{cfg.model}` for `{cfg.task}` ({r.pooling} pooling). Written {time.strftime('%Y-%m-%d %H:%M:%S')} on "
-        f"{platform.node() or 'this machine'} ({platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{str(dtype).removeprefix('torch.')}).",
+        f"`{cfg.model}` for `{task.name}` ({task.description}). Written "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')} on {platform.node() or 'this machine'} "
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {str(dtype).removeprefix('torch.')}).",
         "",
         "## Result",
         "",
-        "| | validation | test |",
-        "|---|---|---|",
-        f"| accuracy | {val.accuracy:.4f} | {test.accuracy:.4f} |",
-        f"| macro F1 | {val.macro_f1:.4f} | {test.macro_f1:.4f} |",
-        f"| examples | {val.count:,} | {test.count:,} |",
-        "",
-        f"Majority-class baseline (always `{splits.label_names[majority]}`): test accuracy "
-        f"{baseline:.4f}. Per-class test F1: "
-        + ", ".join(f"{n} {f:.3f}" for n, f in zip(splits.label_names, test.f1))
-        + ".",
+        *task.report(setup, r.metrics),
         "",
         "## Cost",
         "",
@@ -414,7 +327,7 @@ def write_report(
         f"features {r.feature_seconds:.1f} s) |",
         f"| peak memory | RSS {r.peak_rss_mb:,.0f} MiB; CUDA {cuda} |",
         f"| checkpoint size (trained weights) | {_human_bytes(r.checkpoint_bytes)} |",
-        f"| classifier size (backbone + head) | {_human_bytes(r.classifier_bytes)} |",
+        f"| saved model size | {_human_bytes(r.saved_bytes)} |",
         "",
         "![loss curve](loss.png)",
         "",
@@ -428,8 +341,7 @@ def write_report(
         ),
         f"- {src.get('examples'):,} examples, split by seed {src.get('split_seed')}: "
         + ", ".join(f"{n:,} {s}" for s, n in src.get("sizes", {}).items()),
-        f"- labels: {', '.join(splits.label_names)}; inputs truncated to "
-        f"{r.max_length} tokens at most",
+        *task.describe_data(setup),
         "",
         "## Config",
         "",
