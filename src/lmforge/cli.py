@@ -96,15 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a model for a task (classify) with a method (full, feature)",
+        help="fine-tune a model for a task (classify, tag, qa, text2text) with a method (full, feature)",
         description="Fine-tune a pre-trained model. Any config field can be set as "
         "--section.key=value, e.g. --train.max_steps=300 --data.train_subset=2000 "
         "--head.dropout=0.1.",
     )
     p.add_argument("--model", help="pre-trained model or run directory (or a GGUF file)")
     p.add_argument("--method", help="full (every parameter) or feature (frozen backbone, head)")
-    p.add_argument("--task", help="classify (sequence classification; the default)")
-    p.add_argument("--data", help="rotten-tomatoes (default) or a .jsonl / .csv labelled file")
+    p.add_argument(
+        "--task",
+        help="classify (sequence classification; the default), tag (BIO token classification), "
+        "qa (extractive question answering) or text2text (t5 / gpt, task prefixes)",
+    )
+    p.add_argument(
+        "--data",
+        help="a built-in source (classify: rotten-tomatoes; tag: shakespeare-names; qa: "
+        "shakespeare-speakers; text2text: shakespeare-modern, shakespeare-lead) or a data file",
+    )
     p.add_argument("--config", help="YAML run file (model, method, task, data, head, train)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
@@ -113,6 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("classify", help="label texts with a classifier from `lmforge finetune`")
     p.add_argument("--model", required=True, help="run directory of `lmforge finetune`")
     p.add_argument("--text", action="append", required=True, help="text (repeat for several)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("tag", help="tag each word of texts with a tagger from `lmforge finetune`")
+    p.add_argument("--model", required=True, help="run directory of `lmforge finetune --task tag`")
+    p.add_argument("--text", action="append", required=True, help="text (repeat for several)")
+    p.add_argument("--device", default="auto")
+
+    p = sub.add_parser(
+        "answer", help="extract an answer from a context with a QA model from `lmforge finetune`"
+    )
+    p.add_argument("--model", required=True, help="run directory of `lmforge finetune --task qa`")
+    p.add_argument("--question", required=True, help="the question")
+    p.add_argument("--context", required=True, help="the text that holds the answer")
     p.add_argument("--device", default="auto")
 
     p = sub.add_parser("generate", help="continue prompts with a trained model")
@@ -216,6 +237,14 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         from lmforge.recipes import classify
 
         classify.main(classify.ClassifyConfig(args.model, args.text, args.device))
+    elif args.command == "tag":
+        from lmforge.recipes import tag
+
+        tag.main(tag.TagConfig(args.model, args.text, args.device))
+    elif args.command == "answer":
+        from lmforge.recipes import answer
+
+        answer.main(answer.AnswerConfig(args.model, args.question, args.context, args.device))
     elif args.command == "generate":
         from lmforge.recipes import generate
 

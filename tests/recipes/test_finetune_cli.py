@@ -159,7 +159,11 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys)
     fails([*base, "--model", gpt, "--data", str(tmp_path / "nope.jsonl")], capsys, "not found")
     fails([*base, "--model", gpt, "--data", str(dataset), "--method", "lora9"], capsys, "lora9")
     fails([*base, "--model", str(tmp_path / "nomodel"), "--data", str(dataset)], capsys, "nomodel")
-    fails([*base, "--model", gpt, "--data", str(dataset), "--task", "qa"], capsys, "unknown task")
+    fails(
+        [*base, "--model", gpt, "--data", str(dataset), "--task", "translate-poems"],
+        capsys,
+        "unknown task",
+    )
     fails(
         [*base, "--model", gpt, "--data", str(dataset), "--data.label_field=stars"],
         capsys,

@@ -134,6 +134,18 @@ UNUSED_MODULES: dict[str, tuple[str, ...]] = {
 """Model family -> backbone modules a classifier never runs (tied weights stay in use)."""
 
 
+def unused_backbone_parameters(backbone: nn.Module, modules: tuple[str, ...]) -> list[nn.Parameter]:
+    """Parameters of `backbone` reachable only through `modules` (a tensor that a used module
+    shares, such as tied embeddings, stays in use): what a head on the backbone never runs."""
+    prefixes = tuple(f"{m}." for m in modules)
+    names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for name, p in backbone.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+        params[id(p)] = p
+    return [params[i] for i, ns in names.items() if all(n.startswith(prefixes) for n in ns)]
+
+
 class ClassificationHead(nn.Module):
     """logits = W dropout(features) + b: (B, C) -> (B, num_labels)."""
 
@@ -207,13 +219,7 @@ class SequenceClassifier(nn.Module):
 
     def unused_parameters(self) -> list[nn.Parameter]:
         """Backbone parameters only reachable through modules the classifier never runs."""
-        prefixes = tuple(f"{m}." for m in UNUSED_MODULES.get(self.family, ()))
-        names: dict[int, list[str]] = {}
-        params: dict[int, nn.Parameter] = {}
-        for name, p in self.backbone.named_parameters(remove_duplicate=False):
-            names.setdefault(id(p), []).append(name)
-            params[id(p)] = p
-        return [params[i] for i, ns in names.items() if all(n.startswith(prefixes) for n in ns)]
+        return unused_backbone_parameters(self.backbone, UNUSED_MODULES.get(self.family, ()))
 
     # Loading and checkpointing (models/loading.py, train/checkpoint.py) go through these.
     def tied_parameter_names(self) -> set[str]:

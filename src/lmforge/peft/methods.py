@@ -51,7 +51,7 @@ def prepare_full(model: nn.Module, cfg: Any = None) -> None:
 def prepare_feature(model: nn.Module, cfg: Any = None) -> None:
     """Freeze the backbone; train only the head."""
     if not hasattr(model, "backbone") or not hasattr(model, "head"):
-        raise UserError("the feature method needs a task with a head (--task classify)")
+        raise UserError("the feature method needs a task with a head (classify, tag or qa)")
     model.requires_grad_(False)
     model.head.requires_grad_(True)
 

@@ -4,6 +4,8 @@
         --data rotten-tomatoes --out runs/rt-full [--train.max_steps=300 --data.train_subset=2000]
     lmforge finetune --model runs/bert --method feature --task classify --data reviews.jsonl \
         --out runs/reviews-feature
+    lmforge finetune --model runs/bert --task tag --data ner.conll --out runs/ner
+    lmforge finetune --model runs/t5 --task text2text --data shakespeare-lead --out runs/lead
 
 The pieces, each chosen from a dict by name:
     model   any family (gpt, bert, t5), any format `lmforge convert` reads (lmforge directory,

@@ -5,7 +5,9 @@ generation prompt), and generation stops at the template's end-of-turn token: th
 answer alone.
 
 An encoder-decoder (t5) model reads each prompt as its source and prints the generated target
-(text-to-text; infer/seq2seq.py), greedy, sampled or by beam search (`--num-beams`).
+(text-to-text; infer/seq2seq.py), greedy, sampled or by beam search (`--num-beams`). So does a decoder
+fine-tuned by `lmforge finetune --task text2text` (its run holds text2text.json): the prompt
+("summarize: ...") is framed as in fine-tuning (tasks/text2text.py), only the target is printed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from lmforge.data.text2text import read_text2text_info
 from lmforge.device import resolve_device
 from lmforge.errors import UserError
 from lmforge.infer import SamplingParams
@@ -50,6 +53,9 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
     if registry.family_of(model).name == "t5":
         return text_to_text(cfg, model, tokenizer, out)
+    framing = None if cfg.chat else read_text2text_info(cfg.model)
+    if framing is not None:  # a decoder fine-tuned by `finetune --task text2text`
+        return text_to_text(cfg, model, tokenizer, out, framing)
     if registry.family_of(model).name == "bert":
         raise UserError(f"{cfg.model} is a masked LM (bert): it fills in [MASK]s; use fill-mask")
     if cfg.num_beams != 1:
@@ -83,21 +89,31 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     return texts
 
 
-def text_to_text(cfg: GenerateConfig, model, tokenizer, out) -> list[str]:
-    """An encoder-decoder's output for each prompt, cut at the first stop string."""
+def text_to_text(
+    cfg: GenerateConfig, model, tokenizer, out, framing: dict | None = None
+) -> list[str]:
+    """An encoder-decoder's output for each prompt, cut at the first stop string; with `framing`
+    (a text2text run's text2text.json), a decoder's, the prompt framed as in its fine-tuning."""
     from lmforge.infer.seq2seq import generate as seq2seq_generate
 
     if cfg.chat:
         raise UserError("--chat needs a decoder model with a chat template, not a t5 model")
-    texts = seq2seq_generate(
-        model,
-        tokenizer,
-        cfg.prompts,
-        cfg.sampling,
-        cfg.num_beams,
-        cfg.length_penalty,
-        cfg.ignore_eos,
-    )
+    if framing is not None:
+        from lmforge.tasks.text2text import generate_framed
+
+        texts = generate_framed(
+            model, tokenizer, cfg.prompts, cfg.sampling, framing, cfg.ignore_eos, cfg.num_beams
+        )
+    else:
+        texts = seq2seq_generate(
+            model,
+            tokenizer,
+            cfg.prompts,
+            cfg.sampling,
+            cfg.num_beams,
+            cfg.length_penalty,
+            cfg.ignore_eos,
+        )
     for stop in filter(None, cfg.stop):
         texts = [t.split(stop, 1)[0] for t in texts]
     if len(texts) == 1:

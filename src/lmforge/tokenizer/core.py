@@ -149,6 +149,15 @@ class Tokenizer:
         encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
         return [e.ids for e in encodings]
 
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(token ids, character offsets) of each text: token i covers `text[start:end]`, for
+        every kind (a byte-level token that holds part of a character covers the whole one)."""
+        self._raise_if_oov(texts)
+        encodings = self.backend.encode_batch(list(texts), add_special_tokens=False)
+        return [(e.ids, e.offsets) for e in encodings]
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of `ids`; ids outside the vocabulary are skipped (the `tokenizers` behaviour)."""
         return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
