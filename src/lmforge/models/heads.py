@@ -146,6 +146,95 @@ def unused_backbone_parameters(backbone: nn.Module, modules: tuple[str, ...]) ->
     return [params[i] for i, ns in names.items() if all(n.startswith(prefixes) for n in ns)]
 
 
+PER_TOKEN_UNUSED_MODULES: dict[str, tuple[str, ...]] = {
+    **UNUSED_MODULES,
+    "bert": (*UNUSED_MODULES["bert"], "pooler"),  # per-token states: the pooler is not run
+}
+"""Model family -> backbone modules a per-token head (tagger, span extractor) never runs."""
+
+
+class BackboneWithHead(nn.Module):
+    """A backbone of any family (exactly as `load_model` returns it) with a task head beside it:
+    what the classifier, the tagger (token_heads.py) and the span extractor (span_heads.py) share.
+
+    Subclasses set `head` and name the backbone modules they never run (`unused_modules`); loading
+    and checkpointing (models/loading.py, train/checkpoint.py) go through the tie and buffer
+    methods below, which defer to the backbone."""
+
+    unused_modules: dict[str, tuple[str, ...]] = UNUSED_MODULES
+    """Model family -> backbone modules this wrapper never runs (tied weights stay in use)."""
+
+    def __init__(self, backbone: nn.Module, task: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.family = registry.family_of(backbone).name
+        if self.family not in HIDDEN_STATES:
+            raise UserError(f"no {task} for {self.family} models yet")
+
+    @property
+    def max_length(self) -> int:
+        """The longest input the backbone takes (its context)."""
+        return self.backbone.config.max_seq_len
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Backbone parameters only reachable through modules this wrapper never runs."""
+        return unused_backbone_parameters(self.backbone, self.unused_modules.get(self.family, ()))
+
+    def tied_parameter_names(self) -> set[str]:
+        return {f"backbone.{n}" for n in tied_names(self.backbone)}
+
+    def tie_weights(self) -> None:
+        if hasattr(self.backbone, "tie_weights"):
+            self.backbone.tie_weights()
+
+    def reset_buffers(self) -> None:
+        if hasattr(self.backbone, "reset_buffers"):
+            self.backbone.reset_buffers()
+
+
+def head_dropout(head: nn.Module) -> float:
+    """The dropout probability of a head built with `nn.Dropout` (0 for `nn.Identity`)."""
+    return head.dropout.p if isinstance(head.dropout, nn.Dropout) else 0.0
+
+
+def save_backbone_and_head(
+    model: BackboneWithHead, directory: str | Path, tokenizer, info_file: str, meta: dict
+) -> Path:
+    """Write the backbone as a model directory (`load_model` still loads it alone), the head's
+    weights as head.safetensors and `meta` as `info_file` beside them."""
+    directory = Path(directory)
+    save_model(model.backbone, directory, tokenizer)
+    save_safetensors(model_state(model.head), directory / HEAD_FILE, {"format": "pt"})
+    write_json_atomic(directory / info_file, meta)
+    return directory
+
+
+def read_head_info(
+    directory: str | Path, info_file: str, what: str, task: str, check: Callable[[dict], None]
+) -> dict:
+    """`info_file` of a fine-tuned `what` directory, made by `lmforge finetune --task TASK`;
+    `check(info)` raises on missing or malformed fields. A `UserError` when it is not one, or
+    damaged."""
+    path = Path(directory) / info_file
+    if not path.is_file():
+        raise UserError(
+            f"{directory} is not a fine-tuned {what} ({info_file} not found); "
+            f"make one with `lmforge finetune --task {task}`"
+        )
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        check(info)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is damaged ({type(e).__name__}); fine-tune again") from None
+    return info
+
+
+def load_head(model: BackboneWithHead, directory: str | Path) -> None:
+    """Load head.safetensors of `directory` into `model.head`."""
+    head_file = Path(directory) / HEAD_FILE
+    load_model_state(model.head, load_safetensors(head_file), head_file)
+
+
 class ClassificationHead(nn.Module):
     """logits = W dropout(features) + b: (B, C) -> (B, num_labels)."""
 
@@ -166,7 +255,7 @@ class ClassificationHead(nn.Module):
         return self.out_proj(self.dropout(features))
 
 
-class SequenceClassifier(nn.Module):
+class SequenceClassifier(BackboneWithHead):
     """A backbone of any family plus a classification head: (input_ids, attention_mask) -> logits."""
 
     def __init__(
@@ -177,11 +266,7 @@ class SequenceClassifier(nn.Module):
         labels: list[str] | None = None,
         pooling: str = "auto",
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.family = registry.family_of(backbone).name
-        if self.family not in HIDDEN_STATES:
-            raise UserError(f"no sequence classification for {self.family} models yet")
+        super().__init__(backbone, "sequence classification")
         self.pooling = DEFAULT_POOLING[self.family] if pooling == "auto" else pooling
         if self.pooling not in POOLINGS:
             choices = ", ".join(["auto", *POOLINGS])
@@ -196,11 +281,6 @@ class SequenceClassifier(nn.Module):
     @property
     def num_labels(self) -> int:
         return self.head.num_labels
-
-    @property
-    def max_length(self) -> int:
-        """The longest input the backbone takes (its context)."""
-        return self.backbone.config.max_seq_len
 
     def features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -217,22 +297,6 @@ class SequenceClassifier(nn.Module):
         """Logits (B, num_labels) of token ids (B, T)."""
         return self.head(self.features(input_ids, attention_mask))
 
-    def unused_parameters(self) -> list[nn.Parameter]:
-        """Backbone parameters only reachable through modules the classifier never runs."""
-        return unused_backbone_parameters(self.backbone, UNUSED_MODULES.get(self.family, ()))
-
-    # Loading and checkpointing (models/loading.py, train/checkpoint.py) go through these.
-    def tied_parameter_names(self) -> set[str]:
-        return {f"backbone.{n}" for n in tied_names(self.backbone)}
-
-    def tie_weights(self) -> None:
-        if hasattr(self.backbone, "tie_weights"):
-            self.backbone.tie_weights()
-
-    def reset_buffers(self) -> None:
-        if hasattr(self.backbone, "reset_buffers"):
-            self.backbone.reset_buffers()
-
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, each shared tensor once."""
@@ -244,41 +308,29 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def save_classifier(
     model: SequenceClassifier, directory: str | Path, tokenizer=None, info: dict | None = None
 ) -> Path:
-    """Write the backbone as a model directory, plus head.safetensors and classifier.json.
-
-    `load_model(directory)` still loads the (fine-tuned) backbone alone; `info` (method, data,
-    max_length, ...) is stored in classifier.json.
-    """
-    directory = Path(directory)
-    save_model(model.backbone, directory, tokenizer)
-    save_safetensors(model_state(model.head), directory / HEAD_FILE, {"format": "pt"})
+    """Write the backbone as a model directory, plus head.safetensors and classifier.json
+    (head shape, labels, pooling, and `info`: method, data, max_length, ...)."""
     meta = {
         "task": "classify",
         "family": model.family,
         "num_labels": model.num_labels,
         "labels": model.labels,
         "pooling": model.pooling,
-        "dropout": model.head.dropout.p if isinstance(model.head.dropout, nn.Dropout) else 0.0,
+        "dropout": head_dropout(model.head),
         **(info or {}),
     }
-    write_json_atomic(directory / CLASSIFIER_FILE, meta)
-    return directory
+    return save_backbone_and_head(model, directory, tokenizer, CLASSIFIER_FILE, meta)
+
+
+def _check_classifier_info(info: dict) -> None:
+    int(info["num_labels"]), list(info["labels"])
 
 
 def read_classifier_info(directory: str | Path) -> dict:
     """classifier.json of a fine-tuned classifier directory (`UserError` when it is not one)."""
-    path = Path(directory) / CLASSIFIER_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{directory} is not a fine-tuned classifier ({CLASSIFIER_FILE} not found); "
-            "make one with `lmforge finetune --task classify`"
-        )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        int(info["num_labels"]), list(info["labels"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}); fine-tune again") from None
-    return info
+    return read_head_info(
+        directory, CLASSIFIER_FILE, "classifier", "classify", _check_classifier_info
+    )
 
 
 def load_sequence_classifier(
@@ -291,6 +343,5 @@ def load_sequence_classifier(
     model = SequenceClassifier(
         backbone, int(info["num_labels"]), 0.0, list(info["labels"]), pooling
     )
-    head_file = Path(directory) / HEAD_FILE
-    load_model_state(model.head, load_safetensors(head_file), head_file)
+    load_head(model, directory)
     return model.to(device).eval(), info

@@ -28,39 +28,25 @@ the backbone's model directory records the head's shape and how it was made (`sa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from lmforge.errors import UserError
-from lmforge.fileio import write_json_atomic
-from lmforge.models import registry
 from lmforge.models.heads import (
-    HEAD_FILE,
     HIDDEN_STATES,
-    UNUSED_MODULES,
-    unused_backbone_parameters,
+    PER_TOKEN_UNUSED_MODULES,
+    BackboneWithHead,
+    ClassificationHead,
+    load_head,
+    read_head_info,
+    save_backbone_and_head,
 )
-from lmforge.models.loading import (
-    load_model,
-    load_model_state,
-    load_safetensors,
-    model_state,
-    save_model,
-    save_safetensors,
-    tied_names,
-)
+from lmforge.models.loading import load_model
 
 QA_FILE = "qa.json"
 """Beside config.json: that the directory is a span extractor, and how it was made."""
-
-SPAN_UNUSED_MODULES: dict[str, tuple[str, ...]] = {
-    **UNUSED_MODULES,
-    "bert": (*UNUSED_MODULES["bert"], "pooler"),  # per-token states: the pooler is not run
-}
-"""Model family -> backbone modules a span extractor never runs (tied weights stay in use)."""
 
 
 def bert_pair_hidden(
@@ -79,41 +65,21 @@ def mask_outside_context(logits: torch.Tensor, context_mask: torch.Tensor) -> to
     return logits.float().masked_fill(~context_mask.bool(), torch.finfo(torch.float32).min)
 
 
-class SpanHead(nn.Module):
-    """(start, end) logits = W dropout(h) + b: (B, T, C) -> (B, T, 2)."""
-
-    def __init__(self, hidden_size: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.out_proj = nn.Linear(hidden_size, 2)
-        nn.init.normal_(self.out_proj.weight, std=0.02)
-        nn.init.zeros_(self.out_proj.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.dropout(hidden))
-
-
-class SpanExtractor(nn.Module):
+class SpanExtractor(BackboneWithHead):
     """A backbone of any family plus a span head: token ids -> (start logits, end logits)."""
+
+    unused_modules = PER_TOKEN_UNUSED_MODULES
 
     def __init__(
         self, backbone: nn.Module, dropout: float = 0.0, max_answer_tokens: int = 30
     ) -> None:
-        super().__init__()
         if max_answer_tokens < 1:
             raise UserError(f"max_answer_tokens must be at least 1, got {max_answer_tokens}")
-        self.backbone = backbone
+        super().__init__(backbone, "question answering")
         self.max_answer_tokens = max_answer_tokens
         """Longest answer span decoding considers, in tokens (saved in qa.json)."""
-        self.family = registry.family_of(backbone).name
-        if self.family not in HIDDEN_STATES:
-            raise UserError(f"no question answering for {self.family} models yet")
-        self.head = SpanHead(backbone.config.hidden_size, dropout)
-
-    @property
-    def max_length(self) -> int:
-        """The longest input the backbone takes (its context)."""
-        return self.backbone.config.max_seq_len
+        # (start, end) logits = W dropout(h) + b: (B, T, C) -> (B, T, 2)
+        self.head = ClassificationHead(backbone.config.hidden_size, 2, dropout)
 
     def hidden_states(
         self,
@@ -151,60 +117,30 @@ class SpanExtractor(nn.Module):
             self.backbone.eval()
         return self
 
-    def unused_parameters(self) -> list[nn.Parameter]:
-        """Backbone parameters only reachable through modules the extractor never runs."""
-        return unused_backbone_parameters(self.backbone, SPAN_UNUSED_MODULES[self.family])
-
-    # Loading and checkpointing (models/loading.py, train/checkpoint.py) go through these.
-    def tied_parameter_names(self) -> set[str]:
-        return {f"backbone.{n}" for n in tied_names(self.backbone)}
-
-    def tie_weights(self) -> None:
-        if hasattr(self.backbone, "tie_weights"):
-            self.backbone.tie_weights()
-
-    def reset_buffers(self) -> None:
-        if hasattr(self.backbone, "reset_buffers"):
-            self.backbone.reset_buffers()
-
 
 def save_span_extractor(
     model: SpanExtractor, directory: str | Path, tokenizer=None, info: dict | None = None
 ) -> Path:
-    """Write the backbone as a model directory, plus head.safetensors and qa.json.
-
-    `load_model(directory)` still loads the (fine-tuned) backbone alone; `info` (method, data,
-    max_length, max_answer_tokens, ...) is stored in qa.json.
-    """
-    directory = Path(directory)
-    save_model(model.backbone, directory, tokenizer)
-    save_safetensors(model_state(model.head), directory / HEAD_FILE, {"format": "pt"})
+    """Write the backbone as a model directory, plus head.safetensors and qa.json (`info`:
+    method, data, max_length, ...; and max_answer_tokens)."""
     meta = {
         "task": "qa",
         "family": model.family,
         "max_answer_tokens": model.max_answer_tokens,
         **(info or {}),
     }
-    write_json_atomic(directory / QA_FILE, meta)
-    return directory
+    return save_backbone_and_head(model, directory, tokenizer, QA_FILE, meta)
+
+
+def _check_qa_info(info: dict) -> None:
+    if info.get("task") != "qa":
+        raise ValueError("not a qa model")
+    info["max_answer_tokens"] = int(info.get("max_answer_tokens", 30))
 
 
 def read_qa_info(directory: str | Path) -> dict:
     """qa.json of a fine-tuned question-answering directory (`UserError` when it is not one)."""
-    path = Path(directory) / QA_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{directory} is not a fine-tuned question-answering model ({QA_FILE} not found); "
-            "make one with `lmforge finetune --task qa`"
-        )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        if info.get("task") != "qa":
-            raise ValueError("not a qa model")
-        info["max_answer_tokens"] = int(info.get("max_answer_tokens", 30))
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}); fine-tune again") from None
-    return info
+    return read_head_info(directory, QA_FILE, "question-answering model", "qa", _check_qa_info)
 
 
 def load_span_extractor(
@@ -213,6 +149,5 @@ def load_span_extractor(
     """(extractor in eval mode, qa.json) from a directory written by `save_span_extractor`."""
     info = read_qa_info(directory)
     model = SpanExtractor(load_model(directory), 0.0, info["max_answer_tokens"])
-    head_file = Path(directory) / HEAD_FILE
-    load_model_state(model.head, load_safetensors(head_file), head_file)
+    load_head(model, directory)
     return model.to(device).eval(), info

@@ -14,7 +14,7 @@ representation of each token into a classification layer over the NER label set"
 
 The head is models/heads.py's `ClassificationHead` applied at every position (N(0, 0.02) weights,
 zero bias). Parameters the tagger never runs (the LM heads, BERT's pooler, T5's decoder) are
-listed by `unused_parameters()` (heads.py `unused_backbone_parameters`), so fine-tuning methods
+listed by `unused_parameters()` (heads.py `BackboneWithHead`), so fine-tuning methods
 leave them frozen and parameter counts are honest. `tagger.json` beside the backbone's model
 directory records the tag names and how the tagger was made; the head's weights are
 `head.safetensors` (`save_tagger` / `load_token_classifier`).
@@ -22,45 +22,32 @@ directory records the tag names and how the tagger was made; the head's weights 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from lmforge.errors import UserError
-from lmforge.fileio import write_json_atomic
-from lmforge.models import registry
 from lmforge.models.heads import (
-    HEAD_FILE,
     HIDDEN_STATES,
-    UNUSED_MODULES,
+    PER_TOKEN_UNUSED_MODULES,
+    BackboneWithHead,
     ClassificationHead,
-    unused_backbone_parameters,
+    head_dropout,
+    load_head,
+    read_head_info,
+    save_backbone_and_head,
 )
-from lmforge.models.loading import (
-    load_model,
-    load_model_state,
-    load_safetensors,
-    model_state,
-    save_model,
-    save_safetensors,
-    tied_names,
-)
+from lmforge.models.loading import load_model
 
 TAGGER_FILE = "tagger.json"
 """Beside config.json: that the directory is a tagger, its tag names and how it was made."""
 
-TOKEN_UNUSED_MODULES: dict[str, tuple[str, ...]] = {
-    **UNUSED_MODULES,
-    "bert": (*UNUSED_MODULES["bert"], "pooler"),  # per-token states: the pooler is not run
-}
-"""Model family -> backbone modules a tagger never runs (tied weights stay in use)."""
 
-
-class TokenClassifier(nn.Module):
+class TokenClassifier(BackboneWithHead):
     """A backbone of any family plus a per-token head: (input_ids, attention_mask) -> tag logits
     (B, T, num_tags)."""
+
+    unused_modules = PER_TOKEN_UNUSED_MODULES
 
     def __init__(
         self,
@@ -69,11 +56,7 @@ class TokenClassifier(nn.Module):
         dropout: float = 0.0,
         tags: list[str] | None = None,
     ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.family = registry.family_of(backbone).name
-        if self.family not in HIDDEN_STATES:
-            raise UserError(f"no token classification for {self.family} models yet")
+        super().__init__(backbone, "token classification")
         self.head = ClassificationHead(backbone.config.hidden_size, num_tags, dropout)
         self.tags = list(tags) if tags is not None else [str(i) for i in range(num_tags)]
         if len(self.tags) != num_tags:
@@ -82,11 +65,6 @@ class TokenClassifier(nn.Module):
     @property
     def num_tags(self) -> int:
         return self.head.num_labels
-
-    @property
-    def max_length(self) -> int:
-        """The longest input the backbone takes (its context)."""
-        return self.backbone.config.max_seq_len
 
     def hidden_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -102,63 +80,32 @@ class TokenClassifier(nn.Module):
         """Tag logits (B, T, num_tags) of token ids (B, T)."""
         return self.head(self.hidden_states(input_ids, attention_mask))
 
-    def unused_parameters(self) -> list[nn.Parameter]:
-        """Backbone parameters only reachable through modules the tagger never runs."""
-        return unused_backbone_parameters(self.backbone, TOKEN_UNUSED_MODULES[self.family])
-
-    # Loading and checkpointing (models/loading.py, train/checkpoint.py) go through these.
-    def tied_parameter_names(self) -> set[str]:
-        return {f"backbone.{n}" for n in tied_names(self.backbone)}
-
-    def tie_weights(self) -> None:
-        if hasattr(self.backbone, "tie_weights"):
-            self.backbone.tie_weights()
-
-    def reset_buffers(self) -> None:
-        if hasattr(self.backbone, "reset_buffers"):
-            self.backbone.reset_buffers()
-
 
 def save_tagger(
     model: TokenClassifier, directory: str | Path, tokenizer=None, info: dict | None = None
 ) -> Path:
-    """Write the backbone as a model directory, plus head.safetensors and tagger.json.
-
-    `load_model(directory)` still loads the (fine-tuned) backbone alone; `info` (method, data,
-    max_length, ...) is stored in tagger.json.
-    """
-    directory = Path(directory)
-    save_model(model.backbone, directory, tokenizer)
-    save_safetensors(model_state(model.head), directory / HEAD_FILE, {"format": "pt"})
-    dropout = model.head.dropout
+    """Write the backbone as a model directory, plus head.safetensors and tagger.json (tag names
+    and `info`: method, data, max_length, ...)."""
     meta = {
         "task": "tag",
         "family": model.family,
         "num_tags": model.num_tags,
         "tags": model.tags,
-        "dropout": dropout.p if isinstance(dropout, nn.Dropout) else 0.0,
+        "dropout": head_dropout(model.head),
         **(info or {}),
     }
-    write_json_atomic(directory / TAGGER_FILE, meta)
-    return directory
+    return save_backbone_and_head(model, directory, tokenizer, TAGGER_FILE, meta)
+
+
+def _check_tagger_info(info: dict) -> None:
+    num_tags, tags = int(info["num_tags"]), [str(t) for t in info["tags"]]
+    if len(tags) != num_tags:
+        raise ValueError("tag names do not match num_tags")
 
 
 def read_tagger_info(directory: str | Path) -> dict:
     """tagger.json of a fine-tuned tagger directory (`UserError` when it is not one)."""
-    path = Path(directory) / TAGGER_FILE
-    if not path.is_file():
-        raise UserError(
-            f"{directory} is not a fine-tuned tagger ({TAGGER_FILE} not found); "
-            "make one with `lmforge finetune --task tag`"
-        )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-        num_tags, tags = int(info["num_tags"]), [str(t) for t in info["tags"]]
-        if len(tags) != num_tags:
-            raise ValueError("tag names do not match num_tags")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is damaged ({type(e).__name__}); fine-tune again") from None
-    return info
+    return read_head_info(directory, TAGGER_FILE, "tagger", "tag", _check_tagger_info)
 
 
 def load_token_classifier(
@@ -168,6 +115,5 @@ def load_token_classifier(
     info = read_tagger_info(directory)
     backbone = load_model(directory)
     model = TokenClassifier(backbone, int(info["num_tags"]), 0.0, [str(t) for t in info["tags"]])
-    head_file = Path(directory) / HEAD_FILE
-    load_model_state(model.head, load_safetensors(head_file), head_file)
+    load_head(model, directory)
     return model.to(device).eval(), info
