@@ -36,13 +36,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lmforge.data.sources import SOURCES, fetch, source_record
+from lmforge.data.splits import SPLITS, split_indices
 from lmforge.errors import UserError
 
-SPLITS = ("train", "val", "test")
 ROTTEN_TOMATOES_FILE = "rotten_tomatoes_corpus_full.csv.bz2"
 ROTTEN_TOMATOES_LABELS = ("rotten", "fresh")
 """Label names of the built-in sentiment data: 0 = negative (rotten), 1 = positive (fresh)."""
@@ -189,24 +188,12 @@ def split_examples(
     train_subset: int = 0,
     source: dict | None = None,
 ) -> LabelledSplits:
-    """A fixed permutation (numpy default_rng(seed)) cut into train / val / test."""
+    """The examples cut into train / val / test (data/splits.py)."""
     n = len(texts)
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UserError("data.val_fraction and data.test_fraction must be in (0, 1), sum below 1")
-    n_val, n_test = max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
-    if n - n_val - n_test < 2:
-        raise UserError(f"{n} examples are too few to split into train, val and test; add more")
+    parts = split_indices(n, seed, val_fraction, test_fraction, train_subset)
     if len(set(labels)) < 2:
         raise UserError(f"the data has only one label ({labels[0]!r}); classification needs two")
     index = {name: i for i, name in enumerate(label_names)}
-    order = np.random.default_rng(seed).permutation(n)
-    parts = {
-        "val": order[:n_val],
-        "test": order[n_val : n_val + n_test],
-        "train": order[n_val + n_test :],
-    }
-    if train_subset > 0:
-        parts["train"] = parts["train"][:train_subset]
     out = LabelledSplits(
         texts={s: [texts[i] for i in parts[s]] for s in SPLITS},
         labels={s: [index[labels[i]] for i in parts[s]] for s in SPLITS},

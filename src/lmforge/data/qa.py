@@ -70,6 +70,7 @@ from lmforge.data.classification import (
     pad_right,
 )
 from lmforge.data.sources import SOURCES, fetch, source_record
+from lmforge.data.splits import split_indices
 from lmforge.errors import UserError
 
 SPEAKERS_SOURCE = "shakespeare-speakers"
@@ -350,21 +351,13 @@ def split_by_context(
     train_subset: int = 0,
     source: dict | None = None,
 ) -> QASplits:
-    """A fixed permutation (numpy default_rng(seed)) of the distinct contexts cut into train /
-    val / test; each question goes where its context went."""
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UserError("data.val_fraction and data.test_fraction must be in (0, 1), sum below 1")
+    """The distinct contexts cut into train / val / test (data/splits.py); each question goes,
+    in its order, where its context went."""
     contexts = list(dict.fromkeys(e.context for e in examples))
-    n = len(contexts)
-    n_val, n_test = max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
-    if n - n_val - n_test < 1:
-        raise UserError(f"{n} distinct contexts are too few to split into train, val and test")
-    order = np.random.default_rng(seed).permutation(n)
-    split_of = {}
-    for rank, i in enumerate(order.tolist()):
-        split_of[contexts[i]] = (
-            "val" if rank < n_val else "test" if rank < n_val + n_test else "train"
-        )
+    indices = split_indices(
+        len(contexts), seed, val_fraction, test_fraction, 0, "distinct contexts", min_train=1
+    )
+    split_of = {contexts[i]: split for split, index in indices.items() for i in index}
     parts = {s: [e for e in examples if split_of[e.context] == s] for s in SPLITS}
     if train_subset > 0:
         parts["train"] = parts["train"][:train_subset]

@@ -45,7 +45,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lmforge.data.classification import (
@@ -57,6 +56,7 @@ from lmforge.data.classification import (
 )
 from lmforge.data.shakespeare_names import generate_shakespeare_names
 from lmforge.data.sources import SOURCES, fetch, source_record
+from lmforge.data.splits import split_indices
 from lmforge.errors import UserError
 
 IGNORE_INDEX = -100
@@ -269,22 +269,10 @@ def split_sentences(
     test_fraction: float = 0.1,
     train_subset: int = 0,
 ) -> TaggedSplits:
-    """A fixed permutation (numpy default_rng(seed)) cut into train / val / test."""
+    """The sentences cut into train / val / test (data/splits.py)."""
     n = len(data.words)
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UserError("data.val_fraction and data.test_fraction must be in (0, 1), sum below 1")
-    n_val, n_test = max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
-    if n - n_val - n_test < 2:
-        raise UserError(f"{n} sentences are too few to split into train, val and test; add more")
+    parts = split_indices(n, seed, val_fraction, test_fraction, train_subset, "sentences")
     index = {name: i for i, name in enumerate(tag_names)}
-    order = np.random.default_rng(seed).permutation(n)
-    parts = {
-        "val": order[:n_val],
-        "test": order[n_val : n_val + n_test],
-        "train": order[n_val + n_test :],
-    }
-    if train_subset > 0:
-        parts["train"] = parts["train"][:train_subset]
     out = TaggedSplits(
         words={s: [data.words[i] for i in parts[s]] for s in SPLITS},
         tags={s: [[index[t] for t in data.tags[i]] for i in parts[s]] for s in SPLITS},

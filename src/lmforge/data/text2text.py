@@ -59,6 +59,7 @@ import torch
 
 from lmforge.data.classification import SPLITS, IndexedBatches, _read_jsonl, pad_right
 from lmforge.data.sources import SOURCES, fetch, source_record
+from lmforge.data.splits import split_indices
 from lmforge.errors import UserError
 
 IGNORE_INDEX = -100
@@ -318,21 +319,9 @@ def split_pairs(
     prefix: str = "",
     source: dict | None = None,
 ) -> PairSplits:
-    """A fixed permutation (numpy default_rng(seed)) of the pairs cut into train / val / test."""
+    """The pairs cut into train / val / test (data/splits.py)."""
     n = len(pairs)
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UserError("data.val_fraction and data.test_fraction must be in (0, 1), sum below 1")
-    n_val, n_test = max(1, round(n * val_fraction)), max(1, round(n * test_fraction))
-    if n - n_val - n_test < 2:
-        raise UserError(f"{n} examples are too few to split into train, val and test; add more")
-    order = np.random.default_rng(seed).permutation(n)
-    parts = {
-        "val": order[:n_val],
-        "test": order[n_val : n_val + n_test],
-        "train": order[n_val + n_test :],
-    }
-    if train_subset > 0:
-        parts["train"] = parts["train"][:train_subset]
+    parts = split_indices(n, seed, val_fraction, test_fraction, train_subset)
     out = PairSplits(
         sources={s: [pairs[i][0] for i in parts[s]] for s in SPLITS},
         targets={s: [pairs[i][1] for i in parts[s]] for s in SPLITS},
