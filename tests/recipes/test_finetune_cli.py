@@ -3,19 +3,14 @@ and a generated data set whose label is learnable (a text holds "good" or "bad")
 accuracy beats chance, the run directory is complete and the classifier loads back
 (`lmforge classify`, `load_classifier`); bad input exits 2 with one line."""
 
-import json
 import random
 
 import pytest
-import torch
-from helpers import tiny_gpt
+from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
 
 from lmforge.cli import main as cli
-from lmforge.models.bert import Bert, BertConfig
-from lmforge.models.loading import load_model, save_model
-from lmforge.models.t5 import T5, T5Config
+from lmforge.models.loading import load_model
 from lmforge.recipes.classify import load_classifier
-from lmforge.tokenizer import train_bpe, train_unigram, train_wordpiece
 
 FILLER = "the movie story actors plot film scene music was is and quite very it a".split()
 
@@ -34,27 +29,13 @@ def make_examples(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("cls") / "reviews.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in make_examples(300)), encoding="utf-8")
+    write_jsonl(path, make_examples(300))
     return path
-
-
-SHAPE = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
 
 
 def make_model_dir(root, family: str):
     """A randomly initialised tiny model of `family` with a tokenizer trained on the texts."""
-    texts = [r["text"] for r in make_examples(300, seed=1)] * 3
-    torch.manual_seed(0)
-    if family == "gpt":
-        tokenizer = train_bpe(texts, 300, show_progress=False)
-        model = tiny_gpt("gpt2-tiny", tokenizer.vocab_size, num_heads=2, num_kv_heads=2)
-    elif family == "bert":
-        tokenizer = train_wordpiece(texts, 120, show_progress=False)
-        model = Bert(BertConfig(vocab_size=tokenizer.vocab_size, dropout=0.0, **SHAPE))
-    else:
-        tokenizer = train_unigram(texts, 120, num_sentinels=0, show_progress=False)
-        model = T5(T5Config(vocab_size=tokenizer.vocab_size, **SHAPE))
-    return save_model(model, root / family, tokenizer)
+    return tiny_model_dir(root, family, [r["text"] for r in make_examples(300, seed=1)] * 3)
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +76,10 @@ def full_run(tmp_path_factory, model_dirs, dataset):
     return get
 
 
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
 def test_full_finetuning_learns_the_label(full_run, family, capsys):
     run = full_run(family)
-    recs = records(run)
+    recs = metric_records(run)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
     final = recs[-1]
@@ -130,7 +107,7 @@ def test_feature_method_trains_the_head_on_cached_features(tmp_path, full_run, d
     config = tmp_path / "run.yaml"  # a run file; command-line overrides win over it
     config.write_text("method: full\ntrain:\n  max_steps: 150\n  lr: 1.0e-2\n", encoding="utf-8")
     assert finetune(full_run("gpt"), dataset, run, "feature", "--config", str(config)) == 0
-    recs = records(run)
+    recs = metric_records(run)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
     assert recs[-1]["test_accuracy"] > 0.8, recs[-1]
@@ -143,39 +120,31 @@ def test_feature_method_trains_the_head_on_cached_features(tmp_path, full_run, d
     assert load_classifier(run)(["good"])[0].label in ("pos", "neg")
 
 
-def fails(args, capsys, match: str) -> None:
-    capsys.readouterr()
-    code = cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert match in lines[0], lines[0]
-
-
 def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys):
     gpt = str(model_dirs["gpt"])
     base = ["finetune", "--out", str(tmp_path / "run"), "--no-progress"]
-    fails([*base, "--model", gpt, "--data", str(tmp_path / "nope.jsonl")], capsys, "not found")
-    fails([*base, "--model", gpt, "--data", str(dataset), "--method", "lora9"], capsys, "lora9")
-    fails([*base, "--model", str(tmp_path / "nomodel"), "--data", str(dataset)], capsys, "nomodel")
-    fails(
+    cli_fails([*base, "--model", gpt, "--data", str(tmp_path / "nope.jsonl")], capsys, "not found")
+    cli_fails([*base, "--model", gpt, "--data", str(dataset), "--method", "lora9"], capsys, "lora9")
+    cli_fails(
+        [*base, "--model", str(tmp_path / "nomodel"), "--data", str(dataset)], capsys, "nomodel"
+    )
+    cli_fails(
         [*base, "--model", gpt, "--data", str(dataset), "--task", "translate-poems"],
         capsys,
         "unknown task",
     )
-    fails(
+    cli_fails(
         [*base, "--model", gpt, "--data", str(dataset), "--data.label_field=stars"],
         capsys,
         "no field 'stars'",
     )
-    fails(
+    cli_fails(
         [*base, "--model", gpt, "--data", str(dataset), "--data.labels=pos,neutral"],
         capsys,
         "not in data.labels",
     )
-    fails([*base, "--model", gpt, "--data", str(dataset), "--train.lrr=1"], capsys, "train.lrr")
-    fails(["classify", "--model", gpt, "--text", "good"], capsys, "not a fine-tuned classifier")
+    cli_fails([*base, "--model", gpt, "--data", str(dataset), "--train.lrr=1"], capsys, "train.lrr")
+    cli_fails(["classify", "--model", gpt, "--text", "good"], capsys, "not a fine-tuned classifier")
     assert not (tmp_path / "run").exists()  # nothing written by a refused run
 
 

@@ -8,18 +8,15 @@ import random
 
 import pytest
 import torch
-from helpers import tiny_gpt
+from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
 
 from lmforge.cli import main as cli
 from lmforge.data.qa import load_qa_splits
 from lmforge.eval.qa import qa_metrics
-from lmforge.models.bert import Bert, BertConfig
-from lmforge.models.loading import load_model, save_model
-from lmforge.models.t5 import T5, T5Config
+from lmforge.models.loading import load_model
 from lmforge.recipes.answer import load_answerer
 from lmforge.recipes.finetune import build_config, load_backbone
 from lmforge.tasks.qa import QATask
-from lmforge.tokenizer import train_bpe, train_unigram, train_wordpiece
 
 FILLER = "the river ran past castle walls night was long full of stars above quiet town".split()
 COLOURS = "red blue green gold silver amber violet white black pink".split()
@@ -45,10 +42,6 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("qa") / "keys.jsonl"
@@ -56,23 +49,11 @@ def dataset(tmp_path_factory):
     return path
 
 
-SHAPE = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
-
-
 def make_model_dir(root, family: str):
     """A randomly initialised tiny model of `family` with a tokenizer trained on the texts."""
-    texts = [f"{r['question']} {r['context']}" for r in make_rows(300, seed=1)] * 3
-    torch.manual_seed(0)
-    if family == "gpt":
-        tokenizer = train_bpe(texts, 300, show_progress=False)
-        model = tiny_gpt("gpt2-tiny", tokenizer.vocab_size, num_heads=2, num_kv_heads=2)
-    elif family == "bert":
-        tokenizer = train_wordpiece(texts, 120, show_progress=False)
-        model = Bert(BertConfig(vocab_size=tokenizer.vocab_size, dropout=0.0, **SHAPE))
-    else:
-        tokenizer = train_unigram(texts, 120, num_sentinels=0, show_progress=False)
-        model = T5(T5Config(vocab_size=tokenizer.vocab_size, **SHAPE))
-    return save_model(model, root / family, tokenizer)
+    return tiny_model_dir(
+        root, family, [f"{r['question']} {r['context']}" for r in make_rows(300, seed=1)] * 3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +85,6 @@ def finetune(model_dir, data, out, method="full", *extra) -> int:
     return cli([*args, "--data", str(data), "--out", str(out), *TINY_QA, *extra])
 
 
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def untrained_metrics(model_dir, data):
     """Test EM of the model with a fresh span head, before any training (the task's own API)."""
     raw = {"task": "qa", "data": {"source": str(data)}, "head": {"dropout": 0.0}}
@@ -123,7 +100,7 @@ def test_full_finetuning_learns_to_extract_the_answer(
 ):
     run = tmp_path / "run"
     assert finetune(model_dirs[family], dataset, run, "full", *SCHEDULES[family]) == 0
-    recs = records(run)
+    recs = metric_records(run)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert losses[-1] < 0.3 * losses[0], losses
     final = recs[-1]
@@ -152,7 +129,9 @@ def test_full_finetuning_learns_to_extract_the_answer(
     context = test[0].context
     assert cli(["answer", "--model", str(run), "--question", QUESTION, "--context", context]) == 0
     assert capsys.readouterr().out == f"{answers[0][0]}\t{answers[0][1]:.4f}\n"
-    fails(["answer", "--model", str(run), "--question", " ", "--context", context], capsys, "give")
+    cli_fails(
+        ["answer", "--model", str(run), "--question", " ", "--context", context], capsys, "give"
+    )
 
 
 def test_feature_method_trains_the_head_alone(tmp_path, model_dirs, dataset):
@@ -163,17 +142,7 @@ def test_feature_method_trains_the_head_alone(tmp_path, model_dirs, dataset):
     base, tuned = load_model(model_dirs["gpt"]), load_model(run)
     for (name, a), b in zip(base.state_dict().items(), tuned.state_dict().values()):
         assert torch.equal(a, b), name  # the backbone is untouched
-    assert "test_exact_match" in records(run)[-1]
-
-
-def fails(args, capsys, match: str) -> None:
-    capsys.readouterr()
-    code = cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert match in lines[0], lines[0]
+    assert "test_exact_match" in metric_records(run)[-1]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, capsys):
@@ -201,16 +170,16 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, capsys):
     }
     for name, (rows, match) in cases.items():
         write_jsonl(tmp_path / name, rows)
-        fails([*base, "--data", str(tmp_path / name)], capsys, match)
-    fails([*base, "--data", str(tmp_path / "missing.jsonl")], capsys, "not found")
-    fails([*base, "--data", "rotten-tomatoes"], capsys, "not QA data")
+        cli_fails([*base, "--data", str(tmp_path / name)], capsys, match)
+    cli_fails([*base, "--data", str(tmp_path / "missing.jsonl")], capsys, "not found")
+    cli_fails([*base, "--data", "rotten-tomatoes"], capsys, "not QA data")
     write_jsonl(tmp_path / "ok.jsonl", good)
-    fails(
+    cli_fails(
         [*base, "--data", str(tmp_path / "ok.jsonl"), "--data.max_answer_tokens=0"],
         capsys,
         "max_answer_tokens",
     )
     question = ["--question", QUESTION, "--context", "a key red"]
-    fails(["answer", "--model", gpt, *question], capsys, "not a fine-tuned question-answering")
-    fails(["answer", "--model", str(tmp_path / "nope"), *question], capsys, "not found")
+    cli_fails(["answer", "--model", gpt, *question], capsys, "not a fine-tuned question-answering")
+    cli_fails(["answer", "--model", str(tmp_path / "nope"), *question], capsys, "not found")
     assert not run.exists()  # nothing written by a refused run

@@ -9,16 +9,13 @@ import random
 
 import pytest
 import torch
-from helpers import tiny_gpt
+from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
 
 from lmforge.cli import main as cli
-from lmforge.models.bert import Bert, BertConfig
-from lmforge.models.loading import load_model, save_model
-from lmforge.models.t5 import T5, T5Config
+from lmforge.models.loading import load_model
 from lmforge.recipes.finetune import build_config, load_backbone
 from lmforge.recipes.tag import load_tagger
 from lmforge.tasks import get_task
-from lmforge.tokenizer import train_bpe, train_unigram, train_wordpiece
 
 FILLER = "the a of and to in we saw met went from with old good very king queen city river".split()
 ENTITIES = {("alice",): ["B-PER"], ("paris",): ["B-LOC"], ("new", "york"): ["B-LOC", "I-LOC"]}
@@ -41,7 +38,7 @@ def make_sentences(n: int, seed: int = 0) -> list[dict]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("tag") / "sentences.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in make_sentences(300)), encoding="utf-8")
+    write_jsonl(path, make_sentences(300))
     return path
 
 
@@ -55,23 +52,11 @@ def conll_dataset(tmp_path_factory):
     return path
 
 
-SHAPE = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
-
-
 def make_model_dir(root, family: str):
     """A randomly initialised tiny model of `family` with a tokenizer trained on the sentences."""
-    texts = [" ".join(r["tokens"]) for r in make_sentences(300, seed=1)] * 3
-    torch.manual_seed(0)
-    if family == "gpt":
-        tokenizer = train_bpe(texts, 300, show_progress=False)
-        model = tiny_gpt("gpt2-tiny", tokenizer.vocab_size, num_heads=2, num_kv_heads=2)
-    elif family == "bert":
-        tokenizer = train_wordpiece(texts, 120, show_progress=False)
-        model = Bert(BertConfig(vocab_size=tokenizer.vocab_size, dropout=0.0, **SHAPE))
-    else:
-        tokenizer = train_unigram(texts, 120, num_sentinels=0, show_progress=False)
-        model = T5(T5Config(vocab_size=tokenizer.vocab_size, **SHAPE))
-    return save_model(model, root / family, tokenizer)
+    return tiny_model_dir(
+        root, family, [" ".join(r["tokens"]) for r in make_sentences(300, seed=1)] * 3
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +97,6 @@ def full_run(tmp_path_factory, model_dirs, dataset):
     return get
 
 
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def untrained_test_f1(model_dir, dataset) -> float:
     """Entity F1 on the test split of the base model with a fresh head: the random baseline."""
     task = get_task("tag")
@@ -127,7 +108,7 @@ def untrained_test_f1(model_dir, dataset) -> float:
 @pytest.mark.parametrize("family", ["gpt", "bert", "t5"])
 def test_full_finetuning_learns_the_tags(full_run, model_dirs, dataset, family, capsys):
     run = full_run(family)
-    recs = records(run)
+    recs = metric_records(run)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
     final = recs[-1]
@@ -173,7 +154,7 @@ def test_feature_method_trains_the_head_on_cached_word_features(tmp_path, full_r
     run = tmp_path / "run"
     extra = ("--train.max_steps=150", "--train.lr=1e-2")
     assert finetune(full_run("bert"), conll_dataset, run, "feature", *extra) == 0
-    recs = records(run)
+    recs = metric_records(run)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
     assert recs[-1]["test_entity_f1"] > 0.85, recs[-1]
@@ -183,16 +164,6 @@ def test_feature_method_trains_the_head_on_cached_word_features(tmp_path, full_r
     assert sum(f.stat().st_size for f in head_only.rglob("model.safetensors")) < 4096
     assert "sentences.conll" in report
     assert dict(load_tagger(run)("we met alice")[0])["alice"] == "B-PER"
-
-
-def fails(args, capsys, match: str) -> None:
-    capsys.readouterr()
-    code = cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert match in lines[0], lines[0]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys):
@@ -207,22 +178,26 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys)
 
     row = {"tokens": ["alice", "met", "bob"], "tags": ["B-PER", "O", "B-PER"]}
     no_tags = data("no_tags.jsonl", json.dumps({"tokens": ["alice"]}) + "\n")
-    fails([*base, "--data", no_tags], capsys, "row 1 has no field 'tags'")
+    cli_fails([*base, "--data", no_tags], capsys, "row 1 has no field 'tags'")
     short = data("short.jsonl", json.dumps(row) + "\n" + json.dumps({**row, "tags": ["O"]}) + "\n")
-    fails([*base, "--data", short], capsys, "row 2: 3 tokens but 1 tags")
-    fails([*base, "--data", data("empty.jsonl", "")], capsys, "holds no sentences")
-    fails([*base, "--data", data("empty.conll", "\n\n")], capsys, "holds no sentences")
-    fails([*base, "--data", data("bad.conll", "alice B-PER\nmet\n")], capsys, "line 2: expected")
+    cli_fails([*base, "--data", short], capsys, "row 2: 3 tokens but 1 tags")
+    cli_fails([*base, "--data", data("empty.jsonl", "")], capsys, "holds no sentences")
+    cli_fails([*base, "--data", data("empty.conll", "\n\n")], capsys, "holds no sentences")
+    cli_fails(
+        [*base, "--data", data("bad.conll", "alice B-PER\nmet\n")], capsys, "line 2: expected"
+    )
     not_bio = data("not_bio.jsonl", json.dumps({**row, "tags": ["PER", "O", "PER"]}) + "\n")
-    fails([*base, "--data", not_bio], capsys, "row 1: tag 'PER' is not a BIO tag")
-    fails(
+    cli_fails([*base, "--data", not_bio], capsys, "row 1: tag 'PER' is not a BIO tag")
+    cli_fails(
         [*base, "--data", str(dataset), "--data.tags=O,B-PER,B-LOC"],
         capsys,
         "tag 'I-LOC' is not in data.tags",
     )
-    fails([*base, "--data", str(tmp_path / "nope.conll")], capsys, "not found")
-    fails([*base, "--data", str(dataset), "--data.tokens_field=words"], capsys, "no field 'words'")
-    fails([*base, "--data", str(dataset), "--head.pooling=mean"], capsys, "head.pooling")
-    fails([*base, "--data", "rotten-tomatoes"], capsys, "not tagged data")
-    fails(["tag", "--model", bert, "--text", "alice"], capsys, "not a fine-tuned tagger")
+    cli_fails([*base, "--data", str(tmp_path / "nope.conll")], capsys, "not found")
+    cli_fails(
+        [*base, "--data", str(dataset), "--data.tokens_field=words"], capsys, "no field 'words'"
+    )
+    cli_fails([*base, "--data", str(dataset), "--head.pooling=mean"], capsys, "head.pooling")
+    cli_fails([*base, "--data", "rotten-tomatoes"], capsys, "not tagged data")
+    cli_fails(["tag", "--model", bert, "--text", "alice"], capsys, "not a fine-tuned tagger")
     assert not (tmp_path / "run").exists()  # nothing written by a refused run

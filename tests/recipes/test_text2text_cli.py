@@ -8,16 +8,13 @@ import random
 
 import pytest
 import torch
-from helpers import tiny_gpt
+from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
 
 from lmforge.cli import main as cli
-from lmforge.models.bert import Bert, BertConfig
-from lmforge.models.loading import load_model, save_model
-from lmforge.models.t5 import T5, T5Config
+from lmforge.models.loading import load_model
 from lmforge.recipes.finetune import build_config, load_backbone
 from lmforge.tasks import get_task
 from lmforge.tasks.text2text import generate_outputs
-from lmforge.tokenizer import train_bpe, train_unigram, train_wordpiece
 
 MODERN = {"thou": "you", "thy": "your", "hath": "has", "doth": "does", "art": "are"}
 FILLER = "the king queen good night sword crown love fair lord lady war peace".split()
@@ -36,10 +33,6 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_jsonl(path, rows) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = tmp_path_factory.mktemp("t2t") / "pairs.jsonl"
@@ -56,23 +49,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SHAPE = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_seq_len=64)
-
-
 def make_model_dir(root, family: str):
     """A randomly initialised tiny model of `family`, its tokenizer trained on the phrases."""
     texts = [f"{PREFIX} {r['source']} {r['target']}" for r in make_pairs(300, seed=1)] * 3
-    torch.manual_seed(0)
-    if family == "gpt":
-        tokenizer = train_bpe(texts, 400, show_progress=False)  # words become single tokens
-        model = tiny_gpt("gpt2-tiny", tokenizer.vocab_size, num_heads=2, num_kv_heads=2)
-    elif family == "t5":
-        tokenizer = train_unigram(texts, 200, num_sentinels=0, show_progress=False)
-        model = T5(T5Config(vocab_size=tokenizer.vocab_size, **SHAPE))
-    else:
-        tokenizer = train_wordpiece(texts, 120, show_progress=False)
-        model = Bert(BertConfig(vocab_size=tokenizer.vocab_size, dropout=0.0, **SHAPE))
-    return save_model(model, root / family, tokenizer)
+    vocab_size = {"gpt": 400, "t5": 200}.get(family)  # gpt: words become single tokens
+    return tiny_model_dir(root, family, texts, vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +82,13 @@ def untrained_test_chrf(model_dir, data) -> float:
     return task.evaluate(backbone, setup.data, "test", torch.device("cpu"), torch.float32).chrf
 
 
-def records(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("family", ["t5", "gpt"])
 def test_finetuning_learns_the_mapping_and_generate_runs_it(
     family, model_dirs, dataset, tmp_path, capsys
 ):
     run = tmp_path / "run"
     assert cli(finetune_args(model_dirs[family], dataset, run)) == 0
-    recs = records(run)
+    recs = metric_records(run)
     losses = [r["loss"] for r in recs if "loss" in r]
     assert losses[-1] < 0.3 * losses[0], losses
     final = recs[-1]
@@ -146,16 +123,6 @@ def test_finetuning_learns_the_mapping_and_generate_runs_it(
     assert capsys.readouterr().out.strip() == "your"  # learned: "thy" -> "your"
 
 
-def fails(args, capsys, match: str) -> None:
-    capsys.readouterr()
-    code = cli(args)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert match in lines[0], lines[0]
-
-
 def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys):
     gpt, t5 = model_dirs["gpt"], model_dirs["t5"]
     out = tmp_path / "run"
@@ -168,20 +135,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys)
         blank_source, [{"source": "thou", "target": "you"}] * 5 + [{"source": " ", "target": "x"}]
     )
 
-    fails(finetune_args(t5, no_target, out), capsys, "row 1: 'target' is missing")
-    fails(finetune_args(t5, blank_source, out), capsys, "row 6: 'source' is missing")
-    fails(finetune_args(gpt, empty, out), capsys, "holds no examples")
-    fails(finetune_args(gpt, tmp_path / "nope.jsonl", out), capsys, "data file not found")
-    fails(finetune_args(gpt, "rotten-tomatoes", out), capsys, "not text-to-text data")
-    fails(finetune_args(model_dirs["bert"], dataset, out), capsys, "cannot fine-tune a bert model")
-    fails(
+    cli_fails(finetune_args(t5, no_target, out), capsys, "row 1: 'target' is missing")
+    cli_fails(finetune_args(t5, blank_source, out), capsys, "row 6: 'source' is missing")
+    cli_fails(finetune_args(gpt, empty, out), capsys, "holds no examples")
+    cli_fails(finetune_args(gpt, tmp_path / "nope.jsonl", out), capsys, "data file not found")
+    cli_fails(finetune_args(gpt, "rotten-tomatoes", out), capsys, "not text-to-text data")
+    cli_fails(
+        finetune_args(model_dirs["bert"], dataset, out), capsys, "cannot fine-tune a bert model"
+    )
+    cli_fails(
         finetune_args(gpt, dataset, out, "--data.max_target_tokens=64"),
         capsys,
         "no room for the source",
     )
-    fails(finetune_args(gpt, dataset, out, "--data.num_beams=4"), capsys, "for t5 models")
-    fails(finetune_args(t5, dataset, out, "--data.num_beams=0"), capsys, "num_beams")
-    fails(
+    cli_fails(finetune_args(gpt, dataset, out, "--data.num_beams=4"), capsys, "for t5 models")
+    cli_fails(finetune_args(t5, dataset, out, "--data.num_beams=0"), capsys, "num_beams")
+    cli_fails(
         finetune_args(t5, dataset, out, "--method", "feature"), capsys, "needs a task with a head"
     )
     assert not out.exists()  # nothing written by a refused run
