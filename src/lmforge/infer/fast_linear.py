@@ -139,8 +139,9 @@ class DecodeGroup:
             and all(_pointers(linear) == p for linear, p in zip(linears, self.pointers))
         )
 
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return list(decode_product(x, self.weight, self.bias).split(self.sizes, dim=-1))
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """All the layers' outputs side by side: (..., sum of out)."""
+        return decode_product(x, self.weight, self.bias)
 
 
 def _pointers(linear: nn.Module) -> tuple[int, int | None]:

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.models.registry import FamilyConfig
@@ -151,12 +152,17 @@ class Block(nn.Module):
         else:
             approximate = "tanh" if cfg.mlp == "gelu_tanh" else "none"
             self.mlp = GeluMLP(cfg.hidden_size, cfg.intermediate_size, cfg.bias, approximate)
-        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
+        self.dropout = cfg.dropout  # on the residual branches, functional: no module call to decode
 
     def forward(self, x, *, rope, mask, cache, layer_index) -> torch.Tensor:
         a = self.attn(self.attn_norm(x), rope=rope, mask=mask, cache=cache, layer_index=layer_index)
-        x = x + self.dropout(a)
-        return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = x + self._drop(a)
+        return x + self._drop(self.mlp(self.mlp_norm(x)))
+
+    def _drop(self, branch: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout > 0:
+            return F.dropout(branch, self.dropout, training=True)
+        return branch
 
 
 class GPT(nn.Module):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmforge.nn.fused import fused_projections
+from lmforge.nn.fused import fused_projection, fused_projections
 from lmforge.nn.rope import apply_rotary
 
 
@@ -144,13 +144,13 @@ class Attention(nn.Module):
             y = self._attend(q.transpose(1, 2), k, v, mask, False, bias)  # (B, H, T, D)
             y = y.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B, T, H*D)
             return self.o_proj(y)
-        q, k, v = fused_projections(x, [self.q_proj, self.k_proj, self.v_proj])
-        q = q.view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        v = v.view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        H, Hkv = self.num_heads, self.num_kv_heads
+        qkv = fused_projection(x, [self.q_proj, self.k_proj, self.v_proj])  # (B, T, (H+2Hkv)*D)
+        qkv = qkv.view(B, T, H + 2 * Hkv, self.head_dim).transpose(1, 2)  # (B, H+2Hkv, T, D)
+        qk, v = qkv.split([H + Hkv, Hkv], dim=1)  # (B, H+Hkv, T, D), (B, Hkv, T, D)
         if rope is not None:
-            cos, sin = rope
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            qk = apply_rotary(qk, *rope)  # queries and keys rotated together
+        q, k = qk.split([H, Hkv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         if cache is not None:
             k, v = cache.update(layer_index, k, v)  # (B, Hkv, S, D)
         y = self._attend(q, k, v, mask, causal, bias)  # (B, H, T, D)

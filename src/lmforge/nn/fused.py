@@ -27,16 +27,30 @@ from torch import nn
 MIN_ROWS = 32  # below this, copying the weights costs more than the fused product saves
 
 
+def fused_projection(x: torch.Tensor, projections: list[nn.Module]) -> torch.Tensor:
+    """`torch.cat([p(x) for p in projections], -1)`: (..., sum of out), as one product if it can."""
+    y = _one_product(x, projections)
+    return torch.cat([p(x) for p in projections], dim=-1) if y is None else y
+
+
 def fused_projections(x: torch.Tensor, projections: list[nn.Module]) -> list[torch.Tensor]:
     """`[p(x) for p in projections]`, computed as one product when they are plain nn.Linear."""
+    y = _one_product(x, projections)
+    if y is None:
+        return [p(x) for p in projections]
+    return list(y.split([p.out_features for p in projections], dim=-1))
+
+
+def _one_product(x: torch.Tensor, projections: list[nn.Module]) -> torch.Tensor | None:
+    """The projections' outputs side by side from one product (..., sum of out), or None when they
+    must run one by one (not all plain nn.Linear, too few rows, or mixed biases)."""
     group = getattr(projections[0], "decode_group", None)
     if group is not None and not torch.is_grad_enabled() and group.serves(projections):
         return group(x)
     plain = all(type(p) is nn.Linear for p in projections)
     rows = x.numel() // x.size(-1)
     if not plain or rows < MIN_ROWS or len({p.bias is None for p in projections}) != 1:
-        return [p(x) for p in projections]
+        return None
     weight = torch.cat([p.weight for p in projections])  # (sum of out, in)
     bias = None if projections[0].bias is None else torch.cat([p.bias for p in projections])
-    y = F.linear(x, weight, bias)  # (..., sum of out)
-    return list(y.split([p.out_features for p in projections], dim=-1))
+    return F.linear(x, weight, bias)  # (..., sum of out)

@@ -20,9 +20,18 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
+            if not torch.is_grad_enabled() and x.device.type == "cpu":
+                return _rms_norm_as_layer_norm(x, self.weight, self.eps)
             return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
         y = F.rms_norm(x.float(), (x.size(-1),), None, self.eps)
         return self.weight * y.to(x.dtype)
+
+
+def _rms_norm_as_layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm through LayerNorm's fused kernel: [x, -x] has mean 0 and variance mean(x^2)."""
+    C = x.size(-1)
+    both = torch.cat([x, -x], dim=-1)  # (..., 2C)
+    return F.layer_norm(both, (2 * C,), None, None, eps)[..., :C] * weight
 
 
 def make_norm(kind: str, dim: int, eps: float, bias: bool = True) -> nn.Module:
