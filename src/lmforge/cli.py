@@ -43,12 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("quickstart", help="the whole pipeline on Shakespeare in ~5 CPU minutes")
+    p = sub.add_parser(
+        "quickstart", help="pre-train a small gpt, bert or t5 on Shakespeare in ~5 CPU minutes"
+    )
     p.add_argument("--out", default="runs/quickstart")
     p.add_argument("--minutes", type=float, default=5.0, help="time budget (default 5)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: fit the budget)")
     p.add_argument("--source", default="shakespeare", help="offline source or text files")
-    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument(
+        "--vocab-size", type=int, default=0, help="tokenizer size (default: the family's, 2048)"
+    )
+    p.add_argument(
+        "--family",
+        default="gpt",
+        help="gpt (causal LM), bert (masked LM) or t5 (span corruption); default gpt",
+    )
 
     p = sub.add_parser("tokenizer", help="train tokenizers")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -203,7 +212,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
 
         quickstart.main(
             quickstart.QuickstartConfig(
-                args.out, args.minutes, args.steps, args.source, args.vocab_size
+                args.out, args.minutes, args.steps, args.source, args.vocab_size, args.family
             )
         )
     elif args.command == "tokenizer":
