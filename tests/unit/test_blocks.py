@@ -113,9 +113,16 @@ def test_rmsnorm_formula():
     norm = RMSNorm(6, eps=1e-6)
     with torch.no_grad():
         norm.weight.copy_(torch.arange(1.0, 7.0))
-    x = torch.randn(3, 6)
-    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight
-    torch.testing.assert_close(norm(x), expected)
+
+    def formula(x):
+        return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+
+    x = torch.randn(2, 3, 6)
+    torch.testing.assert_close(norm(x), formula(x))  # with gradients: F.rms_norm
+    with torch.no_grad():  # inference on a CPU: LayerNorm's kernel on [x, -x]
+        torch.testing.assert_close(norm(x), formula(x))
+        small = x * 1e-3  # mean(x^2) near eps: eps must enter as in the formula
+        torch.testing.assert_close(norm(small), formula(small))
 
 
 def test_sdpa_causal_reference_sanity():

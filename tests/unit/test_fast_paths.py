@@ -7,7 +7,7 @@ from helpers import tiny_gpt
 from torch import nn
 
 from lmforge.infer.fast_linear import DecodeLinear, use_decode_linears
-from lmforge.nn.fused import fused_projections
+from lmforge.nn.fused import fused_projection, fused_projections
 from lmforge.train.fused_ce import linear_cross_entropy
 
 
@@ -117,6 +117,8 @@ def test_fused_projections_call_substituted_modules():
     q, k = fused_projections(x, [plain, wrapped])
     torch.testing.assert_close(k, wrapped(x))
     torch.testing.assert_close(q, plain(x))
+    side_by_side = fused_projection(x, [plain, wrapped])  # (64, 16 + 8)
+    torch.testing.assert_close(side_by_side, torch.cat([plain(x), wrapped(x)], dim=-1))
 
 
 def _llama():
