@@ -20,11 +20,10 @@ from lmforge.data.qa import (
     encode_examples,
     load_qa_splits,
     qa_framing,
-    read_speech_runs,
     span_text,
-    speaker_questions,
     split_by_context,
 )
+from lmforge.data.shakespeare_speakers import read_speech_runs, speaker_questions
 from lmforge.errors import UserError
 from lmforge.eval.qa import (
     best_spans,
@@ -427,7 +426,7 @@ def test_speaker_questions_are_seeded_spans_of_their_context():
     assert len(first) > 6
     kinds = set()
     for e in first:
-        (answer,), (start,) = e.answers, e.starts
+        answer, start = e.answer, e.start
         assert e.context[start : start + len(answer)] == answer
         assert e.context[start + len(answer) : start + len(answer) + 2] == ".\n"  # a heading
         kinds.add(e.question.split(" ")[1])

@@ -12,21 +12,23 @@ import torch.nn.functional as F
 from helpers import tiny_gpt
 from rouge_score import rouge_scorer
 
-from lmforge.data.text2text import (
+from lmforge.data.shakespeare_pairs import (
     ARCHAIC_WORDS,
+    has_archaic_word,
+    lead_pairs,
+    modern_english_pairs,
+    modernize,
+    sentences,
+    speeches,
+)
+from lmforge.data.text2text import (
     BUILTIN,
     IGNORE_INDEX,
     GenerationSettings,
     Text2TextBatches,
-    has_archaic_word,
-    lead_pairs,
     load_pair_splits,
     make_framing,
-    modern_english_pairs,
-    modernize,
     read_pair_file,
-    sentences,
-    speeches,
     split_pairs,
 )
 from lmforge.errors import UserError
