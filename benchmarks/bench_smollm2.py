@@ -7,6 +7,9 @@ Measured, each side in a fresh process of its own (so peak memory is its own):
   (target: at least 1.5x transformers `generate()`); the two must produce the same tokens;
 - time to first token for a 512-token prompt (prefill and one sampled token);
 - peak resident memory (RSS) of the process after the measurements.
+Then both sides once more in one process (as ANCHORS.md's figures were taken), their decoding runs
+alternated round by round, so a change in the machine's speed during the run hits both alike: the
+ratio of each round, their median and range.
 fp32 throughout: this CPU has no native bf16 (ANCHORS.md).
 
     python benchmarks/bench_smollm2.py [--rounds 3] [--new 128] [--repeats 2]
@@ -20,10 +23,15 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from common import machine, median, run_worker, table, timed
+
+Generate = Callable[[list[list[int]], int], list[list[int]]]
+"""(prompts as token ids, new tokens) -> the new token ids of each prompt, greedy."""
+Encode = Callable[[str], list[int]]
 
 TARGET = 1.5
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,7 +56,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def worker_lmforge(rounds: int, new: int, batches: list[int]) -> dict:
+def lmforge_side() -> tuple[Generate, Encode, float]:
+    """lmforge's greedy generation on the GGUF model, its tokenizer, and the load time."""
     from lmforge.infer import Engine, SamplingParams
     from lmforge.interop.gguf import load_gguf
 
@@ -56,26 +65,15 @@ def worker_lmforge(rounds: int, new: int, batches: list[int]) -> dict:
     model, tokenizer = load_gguf(gguf_path())
     load_s = time.perf_counter() - start
     engine = Engine(model)
-    result = {"load_s": load_s, "decode": {}, "tokens": {}}
-    params = SamplingParams(temperature=0, max_new_tokens=new)
-    for batch in batches:
-        prompts = prompt_ids(tokenizer.encode, 16, batch)
-        result["tokens"][batch] = engine.generate_ids(prompts, params)  # also the warm-up
-        rates = [
-            batch * new / timed(lambda p=prompts: engine.generate_ids(p, params))
-            for _ in range(rounds)
-        ]
-        result["decode"][batch] = median(rates)
-    long_prompt = prompt_ids(tokenizer.encode, 512, 1)
-    one = SamplingParams(temperature=0, max_new_tokens=1)
-    result["ttft_s"] = median(
-        [timed(lambda: engine.generate_ids(long_prompt, one)) for _ in range(rounds)]
-    )
-    result["peak_rss_mb"] = peak_rss_mb()
-    return result
+
+    def generate(prompts: list[list[int]], max_new: int) -> list[list[int]]:
+        return engine.generate_ids(prompts, SamplingParams(temperature=0, max_new_tokens=max_new))
+
+    return generate, tokenizer.encode, load_s
 
 
-def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
+def transformers_side() -> tuple[Generate, Encode, float]:
+    """transformers' `generate()` (greedy) on the same GGUF file, its tokenizer, and the load time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = gguf_path()
@@ -89,7 +87,7 @@ def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
     # the same rule (`min_new_tokens` would instead forbid the end token and change the text).
     model.generation_config.eos_token_id = None
 
-    def run(prompts: list[list[int]], max_new: int) -> list[list[int]]:
+    def generate(prompts: list[list[int]], max_new: int) -> list[list[int]]:
         ids = torch.tensor(prompts)
         with torch.inference_mode():
             out = model.generate(
@@ -104,19 +102,49 @@ def worker_transformers(rounds: int, new: int, batches: list[int]) -> dict:
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    return generate, encode, load_s
+
+
+SIDES = {"lmforge": lmforge_side, "transformers": transformers_side}
+
+
+def worker_side(side: str, rounds: int, new: int, batches: list[int]) -> dict:
+    """One side alone in its process: decoding rates, tokens, time to first token, peak RSS."""
+    generate, encode, load_s = SIDES[side]()
     result = {"load_s": load_s, "decode": {}, "tokens": {}}
     for batch in batches:
         prompts = prompt_ids(encode, 16, batch)
-        result["tokens"][batch] = run(prompts, new)  # also the warm-up
-        rates = [batch * new / timed(lambda p=prompts: run(p, new)) for _ in range(rounds)]
+        result["tokens"][batch] = generate(prompts, new)  # also the warm-up
+        rates = [batch * new / timed(lambda p=prompts: generate(p, new)) for _ in range(rounds)]
         result["decode"][batch] = median(rates)
     long_prompt = prompt_ids(encode, 512, 1)
-    result["ttft_s"] = median([timed(lambda: run(long_prompt, 1)) for _ in range(rounds)])
+    result["ttft_s"] = median([timed(lambda: generate(long_prompt, 1)) for _ in range(rounds)])
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
-WORKERS = {"lmforge": worker_lmforge, "transformers": worker_transformers}
+def worker_paired(rounds: int, new: int, batches: list[int]) -> dict:
+    """Both sides in one process, their decoding runs alternated round by round (ANCHORS.md's
+    "one process per comparison"), so a change in the machine's speed hits both alike: the
+    lmforge / transformers ratio of each round."""
+    sides = {name: make() for name, make in SIDES.items()}
+    ratios = {}
+    for batch in batches:
+        prompts = {name: prompt_ids(encode, 16, batch) for name, (_, encode, _) in sides.items()}
+        for name, (generate, _, _) in sides.items():
+            generate(prompts[name], new)  # warm-up
+        ratios[batch] = []
+        for _ in range(rounds):
+            seconds = {
+                name: timed(lambda g=generate, p=prompts[name]: g(p, new))
+                for name, (generate, _, _) in sides.items()
+            }
+            ratios[batch].append(seconds["transformers"] / seconds["lmforge"])
+    return {"ratios": ratios}
+
+
+def verdict(ratio: float) -> str:
+    return "PASS" if ratio >= TARGET else "FAIL"
 
 
 def combine(results: list[dict]) -> dict:
@@ -136,13 +164,15 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128, help="new tokens per decoding run")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=2, help="worker processes per side")
-    ap.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=[*SIDES, "paired"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     batches = [int(b) for b in args.batches.split(",")]
+    if args.worker == "paired":
+        print(json.dumps(worker_paired(args.rounds, args.new, batches)))
+        return
     if args.worker:
-        result = WORKERS[args.worker](args.rounds, args.new, batches)
-        print(json.dumps(result))
+        print(json.dumps(worker_side(args.worker, args.rounds, args.new, batches)))
         return
     print(f"machine: {machine()}")
     gguf_path()  # fetch once, before the workers
@@ -151,20 +181,30 @@ def main() -> None:
     for _ in range(args.repeats):  # alternate the processes, so drift hits both sides alike
         for side in runs:
             runs[side].append(run_worker(__file__, side, *common))
+    paired = run_worker(__file__, "paired", *common)["ratios"]
     ours, peer = combine(runs["lmforge"]), combine(runs["transformers"])
     rows = []
     for batch in batches:
         key = str(batch)
         ratio = ours["decode"][key] / peer["decode"][key]
         same = ours["tokens"][key] == peer["tokens"][key]
-        verdict = "PASS" if ratio >= TARGET else "FAIL"
         rows.append(
             (
                 f"decode, batch {batch} (new tokens/s)",
                 f"{ours['decode'][key]:,.1f}",
                 f"{peer['decode'][key]:,.1f}",
                 f"{ratio:.2f}x",
-                f"same tokens: {'yes' if same else 'NO'}; >= {TARGET}x {verdict}",
+                f"same tokens: {'yes' if same else 'NO'}; >= {TARGET}x {verdict(ratio)}",
+            )
+        )
+        pairs = paired[key]
+        rows.append(
+            (
+                f"decode, batch {batch}, both in one process, alternated",
+                "",
+                "",
+                f"{median(pairs):.2f}x",
+                f"rounds {min(pairs):.2f}-{max(pairs):.2f}x; >= {TARGET}x {verdict(median(pairs))}",
             )
         )
     rows.append(
