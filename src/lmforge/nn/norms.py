@@ -3,6 +3,10 @@
 - LayerNorm (Ba et al., 2016): y = (x - mean) / sqrt(var + eps) * w + b, as in GPT-2 and BERT.
 - RMSNorm (Zhang & Sennrich, 2019): y = x / sqrt(mean(x^2) + eps) * w, as in Llama and T5 (T5 calls
   it "LayerNorm without mean subtraction"). The mean of squares is taken in fp32 for stability.
+  At inference on a CPU, where `F.rms_norm` is a chain of small kernels, it runs LayerNorm's
+  fused kernel instead: [x, -x] has mean 0 and variance mean(x^2), so the first half of
+  LayerNorm([x, -x]) is x / sqrt(mean(x^2) + eps) (about 1 ms less per decoded token on
+  SmolLM2-135M, benchmarks/README.md).
 """
 
 from __future__ import annotations
