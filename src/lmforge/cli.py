@@ -50,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=5.0, help="time budget (default 5)")
     p.add_argument("--steps", type=int, default=0, help="training steps (default: fit the budget)")
     p.add_argument("--source", default="shakespeare", help="offline source or text files")
-    p.add_argument(
-        "--vocab-size", type=int, default=0, help="tokenizer size (default: the family's, 2048)"
-    )
+    p.add_argument("--vocab-size", type=int, default=2048, help="tokenizer size (default 2048)")
     p.add_argument(
         "--family",
         default="gpt",

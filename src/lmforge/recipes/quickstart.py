@@ -48,10 +48,26 @@ class QuickstartConfig:
     """Training steps; 0 = as many as fit the budget."""
     source: str = "shakespeare"
     """Offline source or text files to learn from."""
-    vocab_size: int = 0
-    """Tokenizer vocabulary size; 0 = the family's default."""
+    vocab_size: int = 2048
+    """Tokenizer vocabulary size."""
     family: str = "gpt"
     """Model family: gpt (decoder), bert (encoder), t5 (encoder-decoder)."""
+
+
+def _run_config(data_dir: Path, model, **train) -> pretrain.PretrainConfig:
+    """`model` pre-trained on `data_dir` with the quickstart's schedule of evaluation, logging and
+    checkpoints, and the family's own `train` settings."""
+    shared = dict(
+        max_steps=1000,
+        warmup_steps=50,
+        eval_interval=100,
+        eval_batches=16,
+        log_interval=10,
+        checkpoint_interval=250,
+    )
+    return pretrain.PretrainConfig(
+        model=model, data=pretrain.DataConfig(str(data_dir)), train=TrainConfig(**shared, **train)
+    )
 
 
 def decoder_config(data_dir: Path, vocab_size: int) -> pretrain.PretrainConfig:
@@ -68,21 +84,8 @@ def decoder_config(data_dir: Path, vocab_size: int) -> pretrain.PretrainConfig:
         intermediate_size=512,
         max_seq_len=128,
     )
-    train = TrainConfig(
-        max_steps=1000,
-        batch_size=16,
-        block_size=128,
-        lr=2e-3,
-        min_lr=2e-4,
-        warmup_steps=50,
-        beta2=0.99,
-        eval_interval=100,
-        eval_batches=16,
-        log_interval=10,
-        checkpoint_interval=250,
-    )
-    return pretrain.PretrainConfig(
-        model=model, data=pretrain.DataConfig(str(data_dir)), train=train
+    return _run_config(
+        data_dir, model, batch_size=16, block_size=128, lr=2e-3, min_lr=2e-4, beta2=0.99
     )
 
 
@@ -93,22 +96,15 @@ def encoder_config(data_dir: Path, vocab_size: int) -> pretrain.PretrainConfig:
     in Masked Language Modeling?"): each step then trains on 2.7x as many predictions, which is
     what a few CPU minutes lack most (benchmarks/README.md, sixth session)."""
     model = get_preset("bert-tiny", vocab_size=vocab_size, pre_norm=True)
-    train = TrainConfig(
+    return _run_config(
+        data_dir,
+        model,
         objective="mlm",
         mlm_probability=0.4,
-        max_steps=1000,
         batch_size=64,
         block_size=64,
         lr=3e-3,
         min_lr=3e-4,
-        warmup_steps=50,
-        eval_interval=100,
-        eval_batches=16,
-        log_interval=10,
-        checkpoint_interval=250,
-    )
-    return pretrain.PretrainConfig(
-        model=model, data=pretrain.DataConfig(str(data_dir)), train=train
     )
 
 
@@ -116,21 +112,8 @@ def encoder_decoder_config(data_dir: Path, vocab_size: int) -> pretrain.Pretrain
     """`t5-tiny` (2 + 2 layers, width 128) by span corruption (15% noise, spans of mean length 3)
     on 128-token windows."""
     model = get_preset("t5-tiny", vocab_size=vocab_size)
-    train = TrainConfig(
-        objective="span",
-        max_steps=1000,
-        batch_size=32,
-        block_size=128,
-        lr=3e-3,
-        min_lr=3e-4,
-        warmup_steps=50,
-        eval_interval=100,
-        eval_batches=16,
-        log_interval=10,
-        checkpoint_interval=250,
-    )
-    return pretrain.PretrainConfig(
-        model=model, data=pretrain.DataConfig(str(data_dir)), train=train
+    return _run_config(
+        data_dir, model, objective="span", batch_size=32, block_size=128, lr=3e-3, min_lr=3e-4
     )
 
 
@@ -140,7 +123,6 @@ class FamilyRecipe:
 
     tokenizer_kind: str
     train_tokenizer: Callable[[Sequence[Path], int], Tokenizer]
-    vocab_size: int
     pretrain_config: Callable[[Path, int], pretrain.PretrainConfig]
     try_next: str
 
@@ -149,21 +131,18 @@ FAMILIES: dict[str, FamilyRecipe] = {
     "gpt": FamilyRecipe(
         "byte-level BPE",
         lambda files, size: train_bpe(files, vocab_size=size, show_progress=False),
-        2048,
         decoder_config,
         "lmforge generate --model {out} --prompt 'ROMEO:'",
     ),
     "bert": FamilyRecipe(
         "WordPiece",
         lambda files, size: train_wordpiece(files, vocab_size=size, show_progress=False),
-        2048,
         encoder_config,
         "lmforge fill-mask --model {out} --text 'my [MASK] lord'",
     ),
     "t5": FamilyRecipe(
         "Unigram",
         lambda files, size: train_unigram(files, vocab_size=size, show_progress=False),
-        2048,
         encoder_decoder_config,
         "lmforge generate --model {out} --prompt 'my <extra_id_0> lord' --temperature 0",
     ),
@@ -193,7 +172,6 @@ def main(cfg: QuickstartConfig) -> pretrain.TrainResult:
     if cfg.family not in FAMILIES:
         raise UserError(f"unknown family {cfg.family!r}; choose one of {', '.join(FAMILIES)}")
     recipe = FAMILIES[cfg.family]
-    vocab_size = cfg.vocab_size or recipe.vocab_size
     start = time.perf_counter()
     out = Path(cfg.out)
     if out.exists():
@@ -208,9 +186,9 @@ def main(cfg: QuickstartConfig) -> pretrain.TrainResult:
         fetch(cfg.source)
     files = resolve_text_inputs(cfg.source)
     print(
-        f"[2/4] training a {vocab_size}-token {recipe.tokenizer_kind} tokenizer on {len(files)} files"
+        f"[2/4] training a {cfg.vocab_size}-token {recipe.tokenizer_kind} tokenizer on {len(files)} files"
     )
-    tokenizer = recipe.train_tokenizer(files, vocab_size)
+    tokenizer = recipe.train_tokenizer(files, cfg.vocab_size)
     tokenizer.save(out / "tokenizer")
     print("[3/4] tokenizing")
     prepare(files, tokenizer, out / "data", show_progress=False)
