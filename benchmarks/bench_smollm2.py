@@ -12,7 +12,10 @@ alternated round by round, so a change in the machine's speed during the run hit
 ratio of each round, their median and range.
 fp32 throughout: this CPU has no native bf16 (ANCHORS.md).
 
-    python benchmarks/bench_smollm2.py [--rounds 3] [--new 128] [--repeats 2]
+    python benchmarks/bench_smollm2.py [--rounds 3] [--new 128] [--repeats 2] [--compile]
+
+With `--compile`, lmforge decodes with compiled steps (`lmforge.infer.compile_decoding`); the warm-up
+run of each batch size compiles them, and its time is reported.
 """
 
 from __future__ import annotations
@@ -56,14 +59,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def lmforge_side() -> tuple[Generate, Encode, float]:
-    """lmforge's greedy generation on the GGUF model, its tokenizer, and the load time."""
-    from lmforge.infer import Engine, SamplingParams
+def lmforge_side(compiled: bool = False) -> tuple[Generate, Encode, float]:
+    """lmforge's greedy generation on the GGUF model, its tokenizer, and the load time; `compiled`:
+    with compiled decoding steps (`compile_decoding`, compiled during the warm-up run)."""
+    from lmforge.infer import Engine, SamplingParams, compile_decoding
     from lmforge.interop.gguf import load_gguf
 
     start = time.perf_counter()
     model, tokenizer = load_gguf(gguf_path())
     load_s = time.perf_counter() - start
+    if compiled:
+        compile_decoding(model)
     engine = Engine(model)
 
     def generate(prompts: list[list[int]], max_new: int) -> list[list[int]]:
@@ -105,16 +111,22 @@ def transformers_side() -> tuple[Generate, Encode, float]:
     return generate, encode, load_s
 
 
-SIDES = {"lmforge": lmforge_side, "transformers": transformers_side}
+SIDES = {
+    "lmforge": lmforge_side,
+    "lmforge-compiled": lambda: lmforge_side(compiled=True),
+    "transformers": transformers_side,
+}
 
 
 def worker_side(side: str, rounds: int, new: int, batches: list[int]) -> dict:
     """One side alone in its process: decoding rates, tokens, time to first token, peak RSS."""
     generate, encode, load_s = SIDES[side]()
-    result = {"load_s": load_s, "decode": {}, "tokens": {}}
+    result = {"load_s": load_s, "decode": {}, "tokens": {}, "first_run_s": {}}
     for batch in batches:
         prompts = prompt_ids(encode, 16, batch)
-        result["tokens"][batch] = generate(prompts, new)  # also the warm-up
+        start = time.perf_counter()
+        result["tokens"][batch] = generate(prompts, new)  # also the warm-up (and compiling)
+        result["first_run_s"][batch] = time.perf_counter() - start
         rates = [batch * new / timed(lambda p=prompts: generate(p, new)) for _ in range(rounds)]
         result["decode"][batch] = median(rates)
     long_prompt = prompt_ids(encode, 512, 1)
@@ -123,11 +135,11 @@ def worker_side(side: str, rounds: int, new: int, batches: list[int]) -> dict:
     return result
 
 
-def worker_paired(rounds: int, new: int, batches: list[int]) -> dict:
-    """Both sides in one process, their decoding runs alternated round by round (ANCHORS.md's
-    "one process per comparison"), so a change in the machine's speed hits both alike: the
-    lmforge / transformers ratio of each round."""
-    sides = {name: make() for name, make in SIDES.items()}
+def worker_paired(ours: str, rounds: int, new: int, batches: list[int]) -> dict:
+    """Both sides (`ours` and transformers) in one process, their decoding runs alternated round by
+    round (ANCHORS.md's "one process per comparison"), so a change in the machine's speed hits both
+    alike: the lmforge / transformers ratio of each round."""
+    sides = {name: SIDES[name]() for name in (ours, "transformers")}
     ratios = {}
     for batch in batches:
         prompts = {name: prompt_ids(encode, 16, batch) for name, (_, encode, _) in sides.items()}
@@ -139,7 +151,7 @@ def worker_paired(rounds: int, new: int, batches: list[int]) -> dict:
                 name: timed(lambda g=generate, p=prompts[name]: g(p, new))
                 for name, (generate, _, _) in sides.items()
             }
-            ratios[batch].append(seconds["transformers"] / seconds["lmforge"])
+            ratios[batch].append(seconds["transformers"] / seconds[ours])
     return {"ratios": ratios}
 
 
@@ -155,6 +167,7 @@ def combine(results: list[dict]) -> dict:
         "ttft_s": median([r["ttft_s"] for r in results]),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results),
         "load_s": median([r["load_s"] for r in results]),
+        "first_run_s": results[0]["first_run_s"],
     }
 
 
@@ -164,12 +177,16 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128, help="new tokens per decoding run")
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=2, help="worker processes per side")
+    ap.add_argument(
+        "--compile", action="store_true", help="lmforge decodes with compiled steps (--compile)"
+    )
     ap.add_argument("--worker", choices=[*SIDES, "paired"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     batches = [int(b) for b in args.batches.split(",")]
+    ours = "lmforge-compiled" if args.compile else "lmforge"
     if args.worker == "paired":
-        print(json.dumps(worker_paired(args.rounds, args.new, batches)))
+        print(json.dumps(worker_paired(ours, args.rounds, args.new, batches)))
         return
     if args.worker:
         print(json.dumps(worker_side(args.worker, args.rounds, args.new, batches)))
@@ -177,12 +194,15 @@ def main() -> None:
     print(f"machine: {machine()}")
     gguf_path()  # fetch once, before the workers
     common = ["--rounds", str(args.rounds), "--new", str(args.new), "--batches", args.batches]
-    runs: dict[str, list[dict]] = {"lmforge": [], "transformers": []}
+    if args.compile:
+        common.append("--compile")
+    runs: dict[str, list[dict]] = {ours: [], "transformers": []}
     for _ in range(args.repeats):  # alternate the processes, so drift hits both sides alike
         for side in runs:
             runs[side].append(run_worker(__file__, side, *common))
     paired = run_worker(__file__, "paired", *common)["ratios"]
-    ours, peer = combine(runs["lmforge"]), combine(runs["transformers"])
+    peer = combine(runs["transformers"])
+    ours = combine(runs[ours])
     rows = []
     for batch in batches:
         key = str(batch)
@@ -227,6 +247,15 @@ def main() -> None:
     )
     rows.append(
         (
+            f"first generation, batch {batches[0]} (warm-up; compiles with --compile)",
+            f"{ours['first_run_s'][str(batches[0])]:.1f} s",
+            f"{peer['first_run_s'][str(batches[0])]:.1f} s",
+            "",
+            "",
+        )
+    )
+    rows.append(
+        (
             "load the GGUF (dequantize to fp32)",
             f"{ours['load_s']:.1f} s",
             f"{peer['load_s']:.1f} s",
@@ -234,7 +263,8 @@ def main() -> None:
             "",
         )
     )
-    print(table(rows, ("SmolLM2-135M, fp32", "lmforge", "transformers", "ratio", "check")))
+    name = "lmforge, compiled decoding" if args.compile else "lmforge"
+    print(table(rows, ("SmolLM2-135M, fp32", name, "transformers", "ratio", "check")))
     sys.stdout.flush()
 
 

@@ -103,9 +103,10 @@ def test_chat_uses_the_model_template_and_system_option(monkeypatch, capsys, tmp
     assert "(system message removed)" in capsys.readouterr().err
 
 
-def test_chat_real_tiny_model_greedy(monkeypatch, capsys, chat_model):
+@pytest.mark.parametrize("compile_option", [[], ["--compile"]])
+def test_chat_real_tiny_model_greedy(monkeypatch, capsys, chat_model, compile_option):
     stdin = "Hello there!\nWhat is the capital of France?\n"  # end of input quits
-    assert chat(monkeypatch, chat_model, stdin, "--temperature", "0") == 0
+    assert chat(monkeypatch, chat_model, stdin, "--temperature", "0", *compile_option) == 0
     out = capsys.readouterr().out
     model, tokenizer = load_model_and_tokenizer(chat_model)
     session = ChatSession(model, tokenizer, params=SamplingParams(temperature=0, max_new_tokens=8))
@@ -185,8 +186,9 @@ def test_generate_chat_applies_template_and_stops_at_end_of_turn(
     )
 
 
-def test_generate_chat_real_tiny_model(capsys, chat_model):
-    args = ["generate", "--model", str(chat_model), "--chat", "--temperature", "0"]
+@pytest.mark.parametrize("compile_option", [[], ["--compile"]])
+def test_generate_chat_real_tiny_model(capsys, chat_model, compile_option):
+    args = ["generate", "--model", str(chat_model), "--chat", "--temperature", "0", *compile_option]
     assert cli([*args, "--prompt", "Hello there!", "--max-new-tokens", "6"]) == 0
     out = capsys.readouterr().out
     model, tokenizer = load_model_and_tokenizer(chat_model)

@@ -76,6 +76,7 @@ def test_generate_text_to_text_greedy_and_beam(t5_run, capsys):
     assert cli([*base, *prompts, "--num-beams", "3"]) == 0
     out = capsys.readouterr().out
     assert "--- [0] ---\n> The king" in out and "--- [1] ---\n> War" in out
+    one_line_error(capsys, cli([*base, *prompts, "--compile"]), "compiled decoding", "gpt")
 
 
 def test_convert_to_hugging_face_and_back(t5_run, tmp_path):

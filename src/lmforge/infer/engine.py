@@ -7,6 +7,8 @@
 Prompts of different lengths are left-padded into one batch: each row gets its own positions
 (0, 1, ... from its first real token) and a mask that hides the padding keys, so a padded row
 produces exactly the tokens it would produce alone.
+After `compile_decoding(model)`, the decode steps run as one compiled graph that reads the whole
+cache, masked (infer/compiled.py); the tokens are the same.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 
 from lmforge.device import tune_cpu_allocator
 from lmforge.errors import UserError
+from lmforge.infer.compiled import compiled_step_of, run_compiled
 from lmforge.infer.fast_linear import use_decode_linears
 from lmforge.infer.sampling import SamplingParams, sample_next
 
@@ -30,6 +33,7 @@ class Engine:
             use_decode_linears(model)  # same weights, faster products for few rows
             tune_cpu_allocator()
         self.context = model.config.max_seq_len
+        self.compiled_step = compiled_step_of(model)  # see infer/compiled.py
 
     def _check_lengths(self, prompts: list[list[int]]) -> int:
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -67,6 +71,7 @@ class Engine:
 
         padded = any(len(p) != longest for p in prompts)
         ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device=device)  # (B, L)
+        compiled = self.compiled_step is not None
         valid = torch.ones(B, longest + max_new, dtype=torch.bool, device=device)  # real keys
         for i, p in enumerate(prompts):
             valid[i, : longest - len(p)] = False  # the left padding
@@ -78,9 +83,11 @@ class Engine:
             for i, p in enumerate(prompts):
                 seen[i, p] = True
 
-        cache = self.model.new_cache(B, longest + max_new)
+        cache = self.model.new_cache(B, longest + max_new, static=compiled)
         positions = mask = None
-        if padded:
+        if compiled and longest == 1:  # one token: a static cache's step path, which needs a mask
+            mask = _step_mask(valid, 0)
+        elif padded:
             positions = (valid[:, :longest].long().cumsum(-1) - 1).clamp(min=0)  # (B, L)
             causal = torch.ones(longest, longest, dtype=torch.bool, device=device).tril()
             mask = causal[None] & valid[:, None, :longest]  # (B, L, L)
@@ -102,10 +109,17 @@ class Engine:
                 finished |= torch.isin(token, stop_ids)
             if bool(finished.all()) or step == max_new - 1:
                 return
-            if padded:
+            if compiled:  # the whole cache, the positions not written yet masked: fixed shapes
                 positions = lengths[:, None] + step  # (B, 1)
-                mask = valid[:, None, None, : longest + step + 1]  # (B, 1, 1, S)
-            logits = self.model(token[:, None], positions=positions, mask=mask, cache=cache)[:, -1]
+                mask = _step_mask(valid, longest + step)
+                step_args = (self.model, token[:, None], positions, mask, cache)
+                logits = run_compiled(self.compiled_step, *step_args)
+            else:
+                if padded:
+                    positions = lengths[:, None] + step  # (B, 1)
+                    mask = valid[:, None, None, : longest + step + 1]  # (B, 1, 1, S)
+                logits = self.model(token[:, None], positions=positions, mask=mask, cache=cache)
+                logits = logits[:, -1]
 
     def generate_ids(
         self,
@@ -120,3 +134,9 @@ class Engine:
                 if token is not None:
                     outputs[i].append(token)
         return outputs
+
+
+def _step_mask(valid: torch.Tensor, slot: int) -> torch.Tensor:
+    """(B, 1, 1, S): the real keys among the cache's S positions up to `slot`, this step's."""
+    written = torch.arange(valid.size(1), device=valid.device) <= slot  # (S,)
+    return (valid & written)[:, None, None, :]

@@ -79,7 +79,7 @@ def thread_split_product(
     """x (rows, in) times weight (out, in) transposed, as one weight block per thread: (rows, out)."""
     out_features, in_features = weight.shape
     rows = x.size(0)
-    blocks = torch.get_num_threads()
+    blocks = _thread_count()
     if out_features % blocks:
         blocks = 1
     size = out_features // blocks
@@ -89,6 +89,11 @@ def thread_split_product(
     y = torch.bmm(w, xt) if bias is None else torch.baddbmm(bias.view(blocks, size, 1), w, xt)
     y = y.view(out_features, rows)  # (out, rows)
     return y.t().contiguous() if rows > 1 else y.view(1, -1)  # (rows, out), rows contiguous
+
+
+@torch.compiler.assume_constant_result  # a compiled decoding step keeps the count it saw
+def _thread_count() -> int:
+    return torch.get_num_threads()
 
 
 def column_block_product(
@@ -132,11 +137,16 @@ class DecodeGroup:
         linears[0].decode_group = self
 
     def serves(self, linears: list[nn.Module]) -> bool:
-        """True while `linears` are still these layers and still view this buffer."""
-        return (
-            len(linears) == len(self.linears)
-            and all(a is b for a, b in zip(linears, self.linears))
-            and all(_pointers(linear) == p for linear, p in zip(linears, self.pointers))
+        """True while `linears` are still these layers and still view this buffer. Inside a
+        compiled decoding step only the layers are compared (addresses cannot be traced); the
+        buffers were checked when the engine started (`use_decode_linears`)."""
+        same_layers = len(linears) == len(self.linears) and all(
+            a is b for a, b in zip(linears, self.linears)
+        )
+        if torch.compiler.is_compiling():
+            return same_layers
+        return same_layers and all(
+            _pointers(linear) == p for linear, p in zip(linears, self.pointers)
         )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

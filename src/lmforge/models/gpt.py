@@ -24,7 +24,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.models.registry import FamilyConfig
-from lmforge.nn import Attention, GeluMLP, KVCache, RotaryEmbedding, SwiGLUMLP, make_norm
+from lmforge.nn import (
+    Attention,
+    GeluMLP,
+    KVCache,
+    RotaryEmbedding,
+    StaticKVCache,
+    SwiGLUMLP,
+    make_norm,
+)
 
 
 @dataclass
@@ -234,8 +242,8 @@ class GPT(nn.Module):
         cache: a KVCache to read earlier positions from and append these to.
         """
         B, T = input_ids.shape
-        start = cache.length if cache is not None else 0
         if positions is None:
+            start = cache.length if cache is not None else 0
             if start + T > self.config.max_seq_len:
                 raise ValueError(
                     f"sequence of {start + T} tokens exceeds the context of "
@@ -256,11 +264,14 @@ class GPT(nn.Module):
         x = self.norm(x)
         return x if return_hidden else self.lm_head(x)
 
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for `batch_size` sequences (default capacity: the full context)."""
+    def new_cache(
+        self, batch_size: int, max_len: int | None = None, static: bool = False
+    ) -> KVCache:
+        """An empty KV cache for `batch_size` sequences (default capacity: the full context);
+        `static`: a StaticKVCache, for compiled decoding steps."""
         cfg = self.config
         p = self.lm_head.weight
-        return KVCache(
+        return (StaticKVCache if static else KVCache)(
             cfg.num_layers,
             batch_size,
             cfg.num_kv_heads,

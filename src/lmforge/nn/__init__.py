@@ -6,7 +6,7 @@ their projections as ordinary `nn.Linear` children with Hugging Face-style names
 `down_proj`, ...), so LoRA and quantization are in-place substitutions of those children.
 """
 
-from lmforge.nn.attention import Attention, KVCache, attention_bias
+from lmforge.nn.attention import Attention, KVCache, StaticKVCache, attention_bias
 from lmforge.nn.mlp import GatedGeluMLP, GeluMLP, ReluMLP, SwiGLUMLP
 from lmforge.nn.norms import RMSNorm, make_norm
 from lmforge.nn.relative_position import RelativePositionBias, relative_position_bucket
@@ -21,6 +21,7 @@ __all__ = [
     "RelativePositionBias",
     "ReluMLP",
     "RotaryEmbedding",
+    "StaticKVCache",
     "SwiGLUMLP",
     "apply_rotary",
     "attention_bias",

@@ -78,6 +78,59 @@ class KVCache:
         self._split_layers()
 
 
+class StaticKVCache(KVCache):
+    """A KVCache whose one-token steps keep the same shapes, for compiled decoding (infer/compiled.py).
+
+    A one-token step writes at `slot`, a (1,) tensor holding the number of positions filled, and
+    returns all `max_len` positions, written or not: the caller's mask hides the ones not written
+    yet. Counting in a tensor lets a compiled step advance the cache without a Python number that
+    would change the graph each step, and `max_len` is marked dynamic, so caches of any capacity
+    share one graph. Several tokens at once (the prefill) take the ordinary path.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        num_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
+        super().__init__(num_layers, batch_size, num_kv_heads, max_len, head_dim, dtype, device)
+
+    def _split_layers(self) -> None:
+        super()._split_layers()
+        for layer in (*self.layer_keys, *self.layer_values):  # (B, Hkv, max_len, D)
+            torch._dynamo.mark_dynamic(layer, 2)  # one compiled graph for every capacity
+
+    @property
+    def length(self) -> int:  # type: ignore[override]
+        return int(self.slot)
+
+    @length.setter
+    def length(self, value: int) -> None:
+        self.slot.fill_(value)
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token (T == 1): store k, v of shape (B, Hkv, 1, D) at `slot`; return every position,
+        (B, Hkv, max_len, D), for the caller's mask to hide those after `slot`. Several tokens: as
+        `KVCache.update`."""
+        if k.size(2) != 1:
+            return super().update(layer, k, v)
+        keys, values = self.layer_keys[layer], self.layer_values[layer]  # (B, Hkv, max_len, D)
+        keys.index_copy_(2, self.slot, k)
+        values.index_copy_(2, self.slot, v)
+        return keys, values
+
+    def advance(self, num_positions: int) -> None:
+        self.slot.add_(num_positions)
+
+
 def attention_bias(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """The float bias (B or 1, H, T, S) with the positions a boolean mask forbids (False) set to
     the dtype's lowest value, for use as one additive attention mask. mask: (B, 1, T, S), (B, 1,

@@ -16,6 +16,7 @@ from typing import TextIO
 from lmforge.device import resolve_device
 from lmforge.errors import UserError
 from lmforge.infer.chat import ChatSession
+from lmforge.infer.compiled import compile_decoding
 from lmforge.infer.sampling import SamplingParams
 from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
@@ -34,6 +35,8 @@ class ChatConfig:
     """Chat template: None (the model's own, else the default), chatml, plain, or a .jinja file."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
+    compile: bool = False
+    """Decode with compiled steps (infer/compiled.py): slow first answer, faster ones after."""
 
 
 def main(
@@ -47,6 +50,8 @@ def main(
     family = registry.family_of(model).name
     if family != "gpt":
         raise UserError(f"chat needs a decoder (gpt) model; {cfg.model} is a {family} model")
+    if cfg.compile:
+        compile_decoding(model)
     session = ChatSession(model, tokenizer, cfg.template, cfg.sampling, cfg.system)
     interactive = stdin is sys.stdin and stdin.isatty()
     if interactive:

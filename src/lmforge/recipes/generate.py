@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from lmforge.data.text2text import read_text2text_info
 from lmforge.device import resolve_device
 from lmforge.errors import UserError
-from lmforge.infer import SamplingParams
+from lmforge.infer import SamplingParams, compile_decoding
 from lmforge.infer.generate import stream_batch
 from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
@@ -44,6 +44,8 @@ class GenerateConfig:
     """Beam search with this many beams (encoder-decoder models); 1 = greedy or sampling."""
     length_penalty: float = 1.0
     """Beam search: a hypothesis scores log p / length^length_penalty."""
+    compile: bool = False
+    """Decode with compiled steps (infer/compiled.py; decoder models)."""
 
 
 def main(cfg: GenerateConfig, out=None) -> list[str]:
@@ -51,6 +53,8 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     if not cfg.prompts:
         raise UserError("give at least one --prompt")
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    if cfg.compile:
+        compile_decoding(model)  # decoders only: a clear error for the other families
     if registry.family_of(model).name == "t5":
         return text_to_text(cfg, model, tokenizer, out)
     framing = None if cfg.chat else read_text2text_info(cfg.model)

@@ -1,0 +1,88 @@
+"""Compiled decoding: each one-token step of a decoder runs as one graph built by `torch.compile`.
+
+Decoding a small model eagerly pays per operation as well as per weight: SmolLM2-135M at batch 1
+spends about a quarter of each step outside the matrix products, in hundreds of small operations (norms,
+rotary, residual adds, activations, cache writes) each dispatched from Python
+(benchmarks/README.md). `torch.compile` (TorchInductor) traces the model's own forward pass for one
+token into one graph, fuses those small operations into generated C++ loops, and with
+`cpp_wrapper` calls the kernels without returning to Python between them. The matrix products stay
+ours (`infer/fast_linear.py`).
+
+A compiled graph holds for the shapes it was traced with, and the cache grows by one position a
+step. So compiled steps read a `StaticKVCache`, allocated once for the prompt and every new token:
+each step writes its keys and values at a slot given as a tensor and attends over the whole cache,
+the positions not written yet hidden by the mask. The cache's length (its capacity) is marked
+dynamic, so one graph serves every step of every generation with the same batch size. The prefill
+(the prompt, several tokens) stays eager.
+
+Compiling takes tens of seconds for a model the size of SmolLM2 the first time; TorchInductor caches
+its output on disk, and a new process then needs about 10 s. It pays for long generations and chat
+sessions, not for one short answer. On a CPU it needs a C++ compiler.
+
+    from lmforge.infer import compile_decoding, generate
+    compile_decoding(model)            # every later generation with this model uses it
+    generate(model, tokenizer, "ROMEO:")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lmforge.errors import UserError
+from lmforge.models import registry
+from lmforge.nn import StaticKVCache
+
+DecodeStep = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, StaticKVCache], torch.Tensor
+]
+
+
+def one_token_step(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    cache: StaticKVCache,
+) -> torch.Tensor:
+    """Logits (B, V) of the next token after `tokens` (B, 1) at `positions` (B, 1); mask:
+    (B, 1, 1, capacity), True at the cache positions each row may attend to."""
+    return model(tokens, positions=positions, mask=mask, cache=cache)[:, -1]
+
+
+def compile_decoding(model: nn.Module) -> nn.Module:
+    """Make every later generation with `model` (`Engine`, `generate`, `ChatSession`) decode with
+    compiled steps; compiling happens at the first step of each new batch size."""
+    family = registry.family_of(model).name
+    if family != "gpt":
+        raise UserError(f"compiled decoding is for decoder (gpt) models, not {family}")
+    options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else {}
+    model.compiled_decode_step = torch.compile(one_token_step, fullgraph=True, options=options)
+    return model
+
+
+def compiled_step_of(model: nn.Module) -> DecodeStep | None:
+    """The compiled step `compile_decoding` gave `model`, or None."""
+    return getattr(model, "compiled_decode_step", None)
+
+
+def run_compiled(
+    step: DecodeStep,
+    model: nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    cache: StaticKVCache,
+) -> torch.Tensor:
+    """`step(model, tokens, positions, mask, cache)`, with the mask's length dynamic (as the
+    cache's is), and a failure to compile turned into one clear line."""
+    torch._dynamo.mark_dynamic(mask, 3)  # (B, 1, 1, capacity): one graph for every capacity
+    try:
+        return step(model, tokens, positions, mask, cache)
+    except torch._dynamo.exc.BackendCompilerFailed as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        raise UserError(
+            f"compiling the decoding step failed ({first_line}); run without --compile"
+        ) from error
