@@ -197,12 +197,16 @@ def test_generate_chat_real_tiny_model(capsys, chat_model, compile_option):
 
 
 @pytest.mark.slow
-def test_smollm2_greedy_knows_the_capital_of_france():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_smollm2_greedy_knows_the_capital_of_france(compiled):
     gguf = pytest.importorskip("lmforge.interop.gguf")
     from lmforge.data.sources import fetch
+    from lmforge.infer import compile_decoding
 
     path = fetch("smollm2-135m-instruct") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     model, tokenizer = gguf.load_gguf(path)
+    if compiled:
+        compile_decoding(model)
     session = ChatSession(model, tokenizer, params=SamplingParams(temperature=0, max_new_tokens=24))
     assert session.template.end_of_turn == ("<|im_end|>",)
     assert SMOLLM2_SYSTEM in session.prompt("What is the capital of France?")
