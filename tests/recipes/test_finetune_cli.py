@@ -120,6 +120,32 @@ def test_feature_method_trains_the_head_on_cached_features(tmp_path, full_run, d
     assert load_classifier(run)(["good"])[0].label in ("pos", "neg")
 
 
+def test_lora_trains_only_its_adapters_and_saves_a_plain_model(tmp_path, model_dirs, dataset):
+    run = tmp_path / "run"
+    extra = ("--train.max_steps=150", "--train.lr=2e-2", "--lora.targets=*_proj", "--lora.rank=4")
+    assert finetune(model_dirs["gpt"], dataset, run, "lora", *extra) == 0
+    recs = metric_records(run)
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert recs[-1]["test_accuracy"] > 0.8, recs[-1]
+    base = load_model(model_dirs["gpt"])
+    cfg = base.config
+    C, H, Hkv, D, F = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    per_layer = [(C, H * D), (C, Hkv * D), (C, Hkv * D), (H * D, C), (C, F), (F, C)]
+    lora = cfg.num_layers * sum(4 * (i + o) for i, o in per_layer if i and o)
+    report = (run / "report.md").read_text()
+    assert f"| trainable parameters | {lora + 2 * C + 2:,} of " in report  # adapters and head
+    merged = load_model(run)  # the adapters merged: a plain model of the base's shape
+    assert set(merged.state_dict()) == set(base.state_dict())
+    assert load_classifier(run)(["the film was good"])[0].label == "pos"
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys):
     gpt = str(model_dirs["gpt"])
     base = ["finetune", "--out", str(tmp_path / "run"), "--no-progress"]
@@ -144,6 +170,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys)
         "not in data.labels",
     )
     cli_fails([*base, "--model", gpt, "--data", str(dataset), "--train.lrr=1"], capsys, "train.lrr")
+    lora = [*base, "--model", gpt, "--data", str(dataset), "--method", "lora"]
+    cli_fails([*lora, "--lora.targets=query"], capsys, "match no linear layer")
     cli_fails(["classify", "--model", gpt, "--text", "good"], capsys, "not a fine-tuned classifier")
     assert not (tmp_path / "run").exists()  # nothing written by a refused run
 

@@ -72,10 +72,16 @@ def load_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
         ) from None
 
 
-def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load `state` into `model`, naming any missing/unexpected/misshapen tensor."""
+def load_model_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: Path,
+    optional: set[str] = frozenset(),
+) -> None:
+    """Load `state` into `model`, naming any missing/unexpected/misshapen tensor; the tensors
+    named in `optional` (and tied ones) may be missing."""
     expected = model.state_dict()
-    optional = tied_names(model)
+    optional = tied_names(model) | set(optional)
     missing = sorted(set(expected) - set(state) - optional)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

@@ -1,6 +1,8 @@
-"""Fine-tuning methods that prepare a model in place (methods.py): `full` and `feature` today;
-LoRA, adapters, QLoRA and prompt tuning, by replacing modules, on the roadmap."""
+"""Fine-tuning methods that prepare a model in place (methods.py): `full`, `feature` and `lora`
+(lora.py: low-rank adapters wrapped around linear layers); adapters, QLoRA and prompt tuning, by
+replacing modules, on the roadmap."""
 
+from lmforge.peft.lora import LoRALinear, apply_lora, merge_lora
 from lmforge.peft.methods import (
     METHODS,
     Method,
@@ -12,9 +14,12 @@ from lmforge.peft.methods import (
 
 __all__ = [
     "METHODS",
+    "LoRALinear",
     "Method",
+    "apply_lora",
     "cache_features",
     "get_method",
+    "merge_lora",
     "prepare_feature",
     "prepare_full",
 ]

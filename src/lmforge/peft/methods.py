@@ -8,6 +8,9 @@ loop (train/loop.py), so a new method is one function and one entry in `METHODS`
 
 - `full`: every parameter the task runs is trained (parameters it never runs, such as an LM head
   or T5's decoder under a classifier, stay frozen so the counts say what is really trained).
+- `lora` (Hu et al., 2021; peft/lora.py): the model is frozen and low-rank adapters wrap the
+  linear layers named by `lora.targets`; the adapters (and a task head) train. The saved model has
+  the adapters merged into its weights: a plain model that every command loads.
 - `feature` (feature-based transfer; Peters et al., 2019, "To Tune or Not to Tune?"; the linear
   probe of Radford et al., 2021, CLIP, section 3.2): the backbone is frozen and run once; its pooled
   features of every example are cached in memory and only the head is trained on them. A step
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 from lmforge.data.classification import FeatureBatches, TokenBatches, pad_right
 from lmforge.device import autocast
 from lmforge.errors import UserError
+from lmforge.peft.lora import apply_lora, merge_lora
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class Method:
     """The backbone is frozen and deterministic: compute its pooled features once, train the head."""
     train_defaults: dict = field(default_factory=dict)
     """Train-section defaults that suit the method (the run's own values win)."""
+    finalize: Callable[[nn.Module], None] | None = None
+    """Turns the trained model into a plain one before it is saved (LoRA merges its adapters)."""
 
 
 def prepare_full(model: nn.Module, cfg: Any = None) -> None:
@@ -56,12 +62,29 @@ def prepare_feature(model: nn.Module, cfg: Any = None) -> None:
     model.head.requires_grad_(True)
 
 
+def prepare_lora(model: nn.Module, cfg: Any) -> None:
+    """Freeze everything, wrap the backbone's target layers in LoRA adapters (trainable), and
+    train the task's head if it has one. `cfg.lora`: rank, alpha, dropout, targets."""
+    lora = cfg.lora
+    model.requires_grad_(False)
+    apply_lora(getattr(model, "backbone", model), lora.targets, lora.rank, lora.alpha, lora.dropout)
+    if hasattr(model, "head"):
+        model.head.requires_grad_(True)
+
+
 METHODS: dict[str, Method] = {
     "full": Method(
         "full",
         prepare_full,
         "every parameter trained",
         train_defaults={"lr": 5e-5, "min_lr": 5e-6, "weight_decay": 0.01},
+    ),
+    "lora": Method(
+        "lora",
+        prepare_lora,
+        "low-rank adapters on the target layers trained, the rest frozen",
+        train_defaults={"lr": 1e-3, "min_lr": 1e-4, "weight_decay": 0.0},
+        finalize=merge_lora,
     ),
     "feature": Method(
         "feature",
@@ -71,7 +94,7 @@ METHODS: dict[str, Method] = {
         train_defaults={"lr": 1e-3, "min_lr": 1e-4, "weight_decay": 0.0, "max_steps": 1000},
     ),
 }
-"""Method name -> Method. LoRA, adapters, QLoRA and prompt tuning join here (roadmap item 3)."""
+"""Method name -> Method. Adapters, QLoRA and prompt tuning join here (roadmap item 3)."""
 
 
 @torch.no_grad()

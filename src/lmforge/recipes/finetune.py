@@ -64,6 +64,20 @@ class HeadConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """The `lora` method's adapters (peft/lora.py)."""
+
+    rank: int = 8
+    """r: the rank of each update B A."""
+    alpha: float = 16.0
+    """The update is scaled by alpha / rank."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input."""
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Linear layers to adapt, by name or glob (`q_proj`, `attn.*_proj`, `layers.1.*`)."""
+
+
+@dataclass
 class FinetuneConfig:
     model: str = ""
     """Pre-trained model: lmforge or Hugging Face directory, or a GGUF file (`--model`)."""
@@ -74,6 +88,7 @@ class FinetuneConfig:
     data: object = field(default_factory=ClassifyDataConfig)
     """The task's own data section (its `data_config` dataclass, e.g. tasks/classify.py)."""
     head: HeadConfig = field(default_factory=HeadConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation; `block_size` is the longest input in tokens (longer texts are truncated)."""
 
@@ -220,6 +235,8 @@ def main(
     MetricsLog(run_dir / "metrics.jsonl", resume_step=result.steps).log(final)
 
     model.to("cpu").eval()
+    if method.finalize is not None:
+        method.finalize(model)
     info = {
         "method": method.name,
         "base_model": str(cfg.model),

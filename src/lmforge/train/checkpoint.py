@@ -1,7 +1,9 @@
 """Resumable training checkpoints, written atomically.
 
 A checkpoint is a directory `RUN/checkpoints/step_NNNNNNN/` with
-  model.safetensors      the weights (tied tensors once)
+  model.safetensors      the weights (tied tensors once); when some parameters are frozen (a
+                         fine-tuning method such as LoRA), only the trained ones and the buffers:
+                         the frozen ones come back from the base model on resume
   optimizer.safetensors  every optimizer state tensor, keyed `state.<param index>.<name>`
   rng.safetensors        each rank's torch RNG state (CPU, and CUDA where present)
   state.json             step, tokens seen, optimizer hyper-parameters, trainer bookkeeping
@@ -73,15 +75,27 @@ def save_checkpoint(
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     with atomic_path(target) as tmp:
         tmp.mkdir()
-        save_safetensors(model_state(model), tmp / "model.safetensors")
+        weights, frozen = trained_state(model)
+        save_safetensors(weights, tmp / "model.safetensors")
         save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
         save_safetensors(rng_states, tmp / "rng.safetensors")
-        state = {"step": step, "optimizer": opt_meta, **trainer_state}
+        state = {"step": step, "optimizer": opt_meta, "frozen_omitted": frozen, **trainer_state}
         (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
     write_text_atomic(root / LATEST, target.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def trained_state(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], bool]:
+    """What a checkpoint stores of the model, and whether frozen parameters were left out."""
+    state = model_state(model)
+    frozen = frozen_names(model)
+    return {k: v for k, v in state.items() if k not in frozen}, bool(frozen)
+
+
+def frozen_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if not p.requires_grad}
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -119,8 +133,9 @@ def load_checkpoint(
             f"checkpoint {path} is corrupt or incomplete ({type(e).__name__}); "
             "delete it to resume from an earlier one"
         ) from None
+    omitted = frozen_names(model) if state.get("frozen_omitted") else set()
     load_model_state(
-        model, load_safetensors(path / "model.safetensors"), path / "model.safetensors"
+        model, load_safetensors(path / "model.safetensors"), path / "model.safetensors", omitted
     )
     if optimizer is not None:
         tensors = load_safetensors(path / "optimizer.safetensors")
