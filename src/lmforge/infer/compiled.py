@@ -1,8 +1,8 @@
 """Compiled decoding: each one-token step of a decoder runs as one graph built by `torch.compile`.
 
 Decoding a small model eagerly pays per operation as well as per weight: SmolLM2-135M at batch 1
-spends about a quarter of each step outside the matrix products, in hundreds of small operations (norms,
-rotary, residual adds, activations, cache writes) each dispatched from Python
+spends about a quarter of each step outside the matrix products, in hundreds of small operations
+(norms, rotary, residual adds, activations, cache writes) each dispatched from Python
 (benchmarks/README.md). `torch.compile` (TorchInductor) traces the model's own forward pass for one
 token into one graph, fuses those small operations into generated C++ loops, and with
 `cpp_wrapper` calls the kernels without returning to Python between them. The matrix products stay
@@ -15,9 +15,9 @@ the positions not written yet hidden by the mask. The cache's length (its capaci
 dynamic, so one graph serves every step of every generation with the same batch size. The prefill
 (the prompt, several tokens) stays eager.
 
-Compiling takes tens of seconds for a model the size of SmolLM2 the first time; TorchInductor caches
-its output on disk, and a new process then needs about 10 s. It pays for long generations and chat
-sessions, not for one short answer. On a CPU it needs a C++ compiler.
+Compiling takes a minute or more for a model the size of SmolLM2 the first time; TorchInductor
+caches its output on disk, and a new process then needs 10-20 s. It pays for long generations and
+chat sessions, not for one short answer. On a CPU it needs a C++ compiler.
 
     from lmforge.infer import compile_decoding, generate
     compile_decoding(model)            # every later generation with this model uses it
@@ -82,7 +82,8 @@ def run_compiled(
     try:
         return step(model, tokens, positions, mask, cache)
     except torch._dynamo.exc.BackendCompilerFailed as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
         raise UserError(
-            f"compiling the decoding step failed ({first_line}); run without --compile"
+            f"compiling the decoding step failed ({reason}); run without --compile"
         ) from error
