@@ -114,3 +114,16 @@ def test_compile_decoding_needs_a_decoder():
     bert = Bert(BertConfig(vocab_size=50, hidden_size=16, num_layers=1, num_heads=2))
     with pytest.raises(UserError, match="decoder"):
         compile_decoding(bert)
+
+
+def test_compiled_gpt2_shape_matches_eager():
+    """Learned positions, LayerNorm, biases (the products' baddbmm path), GELU MLP."""
+    model = tiny_gpt("gpt2-tiny", VOCAB, seed=5).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    prompts = [[5, 6, 7], [8]]
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    expected = Engine(model).generate_ids(prompts, params)
+    assert Engine(compile_decoding(model)).generate_ids(prompts, params) == expected
+    assert len({t for row in expected for t in row}) > 3
