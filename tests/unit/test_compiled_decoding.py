@@ -99,13 +99,16 @@ def test_compile_failure_is_one_clear_error(monkeypatch, tmp_path):
     import torch._inductor.config as inductor_config
 
     model = compile_decoding(tiny_gpt("llama-tiny", VOCAB, seed=4, num_layers=1).eval())
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/bin/false"))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # nothing compiled to reuse
     torch._dynamo.reset()
-    with pytest.raises(UserError, match="compiling the decoding step failed.*without --compile"):
-        Engine(model).generate_ids([[1, 2]], SamplingParams(temperature=0, max_new_tokens=3))
-    torch._dynamo.reset()
+    try:
+        with (
+            inductor_config.patch({"cpp.cxx": (None, "/bin/false")}),
+            pytest.raises(UserError, match="compiling the decoding step failed.*without --compile"),
+        ):
+            Engine(model).generate_ids([[1, 2]], SamplingParams(temperature=0, max_new_tokens=3))
+    finally:
+        torch._dynamo.reset()
 
 
 def test_compile_decoding_needs_a_decoder():
