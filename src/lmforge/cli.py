@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["fp32", "f32", "bf16", "f16", "q8_0"],
         help="storage type: fp32|bf16|f16 for lmforge/hf, f32|f16|q8_0 for gguf (default full)",
     )
+    p.add_argument(
+        "--adapter", help="a LoRA run directory (adapter.json): merged into the source, its base"
+    )
 
     p = sub.add_parser("chat", help="multi-turn chat with a model in the terminal")
     p.add_argument("--model", required=True, help="model or run directory")
@@ -304,7 +307,9 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
     elif args.command == "convert":
         from lmforge.recipes import convert
 
-        convert.main(convert.ConvertConfig(args.source, args.out, args.to, args.dtype))
+        convert.main(
+            convert.ConvertConfig(args.source, args.out, args.to, args.dtype, args.adapter)
+        )
     elif args.command == "chat":
         from lmforge.recipes import chat
 

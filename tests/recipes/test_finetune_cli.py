@@ -6,6 +6,7 @@ accuracy beats chance, the run directory is complete and the classifier loads ba
 import random
 
 import pytest
+import torch
 from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
 
 from lmforge.cli import main as cli
@@ -120,7 +121,9 @@ def test_feature_method_trains_the_head_on_cached_features(tmp_path, full_run, d
     assert load_classifier(run)(["good"])[0].label in ("pos", "neg")
 
 
-def test_lora_trains_only_its_adapters_and_saves_a_plain_model(tmp_path, model_dirs, dataset):
+def test_lora_trains_only_its_adapters_and_saves_a_plain_model(
+    tmp_path, model_dirs, dataset, full_run, capsys
+):
     run = tmp_path / "run"
     extra = ("--train.max_steps=150", "--train.lr=2e-2", "--lora.targets=*_proj", "--lora.rank=4")
     assert finetune(model_dirs["gpt"], dataset, run, "lora", *extra) == 0
@@ -144,6 +147,18 @@ def test_lora_trains_only_its_adapters_and_saves_a_plain_model(tmp_path, model_d
     merged = load_model(run)  # the adapters merged: a plain model of the base's shape
     assert set(merged.state_dict()) == set(base.state_dict())
     assert load_classifier(run)(["the film was good"])[0].label == "pos"
+
+    # the adapters alone, merged onto their base by convert, give the same model
+    assert (run / "adapter.safetensors").stat().st_size < 0.2 * (
+        run / "model.safetensors"
+    ).stat().st_size
+    out = tmp_path / "merged"
+    assert cli(["convert", str(model_dirs["gpt"]), "--adapter", str(run), "--out", str(out)]) == 0
+    converted = load_model(out).state_dict()
+    for name, tensor in merged.state_dict().items():
+        assert torch.allclose(converted[name], tensor, atol=1e-6), name
+    other = ["convert", str(full_run("gpt")), "--adapter", str(run), "--out", str(tmp_path / "x")]
+    cli_fails(other, capsys, "different base model")
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, model_dirs, dataset, capsys):

@@ -9,6 +9,8 @@ from torch import nn
 
 from lmforge.errors import UserError
 from lmforge.infer import Engine, SamplingParams
+from lmforge.models.loading import model_state
+from lmforge.peft.adapter_files import fingerprint, load_adapter, save_adapter
 from lmforge.peft.lora import LoRALinear, apply_lora, lora_layers, matches, merge_lora
 from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -144,3 +146,36 @@ def test_a_lora_checkpoint_holds_only_the_adapters_and_restores_them(tmp_path):
     state, _ = load_checkpoint(path, fresh, None)
     assert state["step"] == 3
     torch.testing.assert_close(fresh.eval()(ids), model(ids))
+
+
+def test_a_saved_adapter_loads_onto_its_base_and_refuses_another(tmp_path):
+    model, ids = model_and_ids(6)
+    apply_lora(model, ["q_proj", "up_proj"], rank=2, alpha=4)
+    trained(model).eval()
+    expected = model(ids)
+    save_adapter(model, tmp_path, {"rank": 2, "alpha": 4, "base_model": "seed 6"})
+    assert set(load_file(tmp_path / "adapter.safetensors")) == {
+        n for n in model.state_dict() if ".lora_" in n
+    }
+    base, _ = model_and_ids(6)
+    info = load_adapter(base, tmp_path)
+    assert info["wrapped"] == [n for n, m in base.named_modules() if isinstance(m, LoRALinear)]
+    torch.testing.assert_close(base.eval()(ids), expected)
+
+    other, _ = model_and_ids(7)  # same shape, other weights
+    with pytest.raises(UserError, match="different base model"):
+        load_adapter(other, tmp_path)
+    assert not lora_layers(other)
+    with pytest.raises(UserError, match="no adapter"):
+        load_adapter(other, tmp_path / "missing")
+    (tmp_path / "adapter.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match="not a valid adapter config"):
+        load_adapter(other, tmp_path)
+
+
+def test_the_fingerprint_sees_a_change_anywhere_a_training_step_makes_one():
+    model, _ = model_and_ids(8)
+    before = fingerprint(model_state(model))
+    with torch.no_grad():
+        model.layers[1].mlp.down_proj.weight.add_(1e-3)
+    assert fingerprint(model_state(model)) != before

@@ -2,6 +2,7 @@
 (lora.py: low-rank adapters wrapped around linear layers); adapters, QLoRA and prompt tuning, by
 replacing modules, on the roadmap."""
 
+from lmforge.peft.adapter_files import load_adapter, save_adapter
 from lmforge.peft.lora import LoRALinear, apply_lora, merge_lora
 from lmforge.peft.methods import (
     METHODS,
@@ -19,7 +20,9 @@ __all__ = [
     "apply_lora",
     "cache_features",
     "get_method",
+    "load_adapter",
     "merge_lora",
     "prepare_feature",
     "prepare_full",
+    "save_adapter",
 ]

@@ -9,8 +9,9 @@ loop (train/loop.py), so a new method is one function and one entry in `METHODS`
 - `full`: every parameter the task runs is trained (parameters it never runs, such as an LM head
   or T5's decoder under a classifier, stay frozen so the counts say what is really trained).
 - `lora` (Hu et al., 2021; peft/lora.py): the model is frozen and low-rank adapters wrap the
-  linear layers named by `lora.targets`; the adapters (and a task head) train. The saved model has
-  the adapters merged into its weights: a plain model that every command loads.
+  linear layers named by `lora.targets`; the adapters (and a task head) train. The run saves the
+  adapters alone (adapter.safetensors, adapter.json with the base's fingerprint) and the model
+  with the adapters merged into its weights: a plain model that every command loads.
 - `feature` (feature-based transfer; Peters et al., 2019, "To Tune or Not to Tune?"; the linear
   probe of Radford et al., 2021, CLIP, section 3.2): the backbone is frozen and run once; its pooled
   features of every example are cached in memory and only the head is trained on them. A step
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,7 @@ from tqdm.auto import tqdm
 from lmforge.data.classification import FeatureBatches, TokenBatches, pad_right
 from lmforge.device import autocast
 from lmforge.errors import UserError
+from lmforge.peft.adapter_files import save_adapter
 from lmforge.peft.lora import apply_lora, merge_lora
 
 
@@ -43,6 +46,9 @@ class Method:
     """The backbone is frozen and deterministic: compute its pooled features once, train the head."""
     train_defaults: dict = field(default_factory=dict)
     """Train-section defaults that suit the method (the run's own values win)."""
+    save_alone: Callable[[nn.Module, Path, Any], None] | None = None
+    """(trained model, run directory, the run's config): writes what the method trained on its
+    own, loadable onto the base (LoRA: peft/adapter_files.py)."""
     finalize: Callable[[nn.Module], None] | None = None
     """Turns the trained model into a plain one before it is saved (LoRA merges its adapters)."""
 
@@ -72,6 +78,14 @@ def prepare_lora(model: nn.Module, cfg: Any) -> None:
         model.head.requires_grad_(True)
 
 
+def save_lora_adapter(model: nn.Module, run_dir: Path, cfg: Any) -> None:
+    """adapter.safetensors + adapter.json of the backbone's LoRA adapters, in the run directory."""
+    lora = cfg.lora
+    settings = {"rank": lora.rank, "alpha": lora.alpha, "dropout": lora.dropout}
+    settings |= {"targets": list(lora.targets), "base_model": str(cfg.model)}
+    save_adapter(getattr(model, "backbone", model), run_dir, settings)
+
+
 METHODS: dict[str, Method] = {
     "full": Method(
         "full",
@@ -84,6 +98,7 @@ METHODS: dict[str, Method] = {
         prepare_lora,
         "low-rank adapters on the target layers trained, the rest frozen",
         train_defaults={"lr": 1e-3, "min_lr": 1e-4, "weight_decay": 0.0},
+        save_alone=save_lora_adapter,
         finalize=merge_lora,
     ),
     "feature": Method(

@@ -45,6 +45,9 @@ class ConvertConfig:
     """Target format: lmforge, hf or gguf."""
     dtype: str | None = None
     """Storage type (see the module docstring); default fp32 / f32."""
+    adapter: str | None = None
+    """A directory with adapter.safetensors + adapter.json (a `finetune --method lora` run): loaded
+    onto the source, which must be its base, and merged into the written model."""
 
 
 def detect_format(source: Path) -> str:
@@ -110,6 +113,11 @@ def convert(cfg: ConvertConfig) -> Path:
     if out.resolve() == Path(cfg.source).resolve():
         raise UserError("--out must differ from the source: converting in place could lose it")
     model, tokenizer, fmt = load_any(cfg.source)
+    if cfg.adapter is not None:
+        from lmforge.peft import load_adapter, merge_lora
+
+        load_adapter(model, cfg.adapter)
+        merge_lora(model)
     if cfg.to == "gguf":
         if tokenizer is None:
             raise UserError(f"{cfg.source} has no tokenizer.json: a GGUF file must carry one")

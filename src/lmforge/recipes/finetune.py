@@ -235,6 +235,8 @@ def main(
     MetricsLog(run_dir / "metrics.jsonl", resume_step=result.steps).log(final)
 
     model.to("cpu").eval()
+    if method.save_alone is not None:
+        method.save_alone(model, run_dir, cfg)
     if method.finalize is not None:
         method.finalize(model)
     info = {
