@@ -15,6 +15,10 @@ subclassing the model): the base layer stays a child (`base`), so its parameters
 and the model's other code is untouched. For inference the update can be merged into the weight,
 W = W0 + (alpha / r) B A, which costs nothing per token; `unmerge` restores W0 (up to rounding), and
 `merge_lora` turns the model back into plain linear layers for export.
+
+QLoRA (Dettmers et al., 2023) is LoRA over a base stored in 4-bit NF4 (peft/nf4.py): the wrapped
+layer is an `NF4Linear`, dequantized at each call, while A and B stay in full precision. Merging
+such an adapter gives a dense layer (the dequantized weight plus the update).
 """
 
 from __future__ import annotations
@@ -26,12 +30,18 @@ import torch
 from torch import nn
 
 from lmforge.errors import UserError
+from lmforge.peft.nf4 import NF4Linear
+
+LINEAR_TYPES = (nn.Linear, NF4Linear)  # what LoRA wraps: a plain layer, or an NF4 one (QLoRA)
 
 
 class LoRALinear(nn.Module):
-    """`base(x) + scaling * B(A(dropout(x)))` around a frozen `nn.Linear`; see the module docstring."""
+    """`base(x) + scaling * B(A(dropout(x)))` around a frozen linear layer (`nn.Linear` or
+    `NF4Linear`); see the module docstring."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: nn.Linear | NF4Linear, rank: int, alpha: float, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise UserError(f"LoRA rank must be at least 1, got {rank}")
@@ -78,6 +88,8 @@ class LoRALinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Fold the update into the base weight: the same outputs, one product per call."""
+        if isinstance(self.base, NF4Linear):  # 4 bits cannot hold the update: the merge is dense
+            self.base = self.base.to_linear()
         if not self.merged:
             self.base.weight += self.delta_weight().to(self.base.weight.dtype)
             self.merged = True
@@ -113,11 +125,11 @@ def apply_lora(
     chosen = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and matches(name, targets)
+        if isinstance(module, LINEAR_TYPES) and matches(name, targets)
     ]
     if not chosen:
         linears = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, LINEAR_TYPES)}
         )
         raise UserError(
             f"LoRA target modules {targets} match no linear layer of the model; "
