@@ -8,7 +8,6 @@ from torch._dynamo.utils import counters
 
 from lmforge.errors import UserError
 from lmforge.infer import Engine, SamplingParams, compile_decoding
-from lmforge.infer.compiled import run_compiled
 from lmforge.nn import StaticKVCache
 
 VOCAB = 97
@@ -60,9 +59,8 @@ def test_compiled_steps_give_the_logits_of_a_full_forward_pass(compiled_model):
         for t in range(5, 12):
             mask = (torch.arange(12) <= t).expand(2, 1, 1, 12)
             positions = torch.full((2, 1), t)
-            logits = run_compiled(
-                model.compiled_decode_step, model, ids[:, t : t + 1], positions, mask, cache
-            )
+            step = model.compiled_decode_step
+            logits = step(model, ids[:, t : t + 1], positions, mask, cache)
             torch.testing.assert_close(logits, full[:, t], atol=1e-4, rtol=1e-4)
     assert cache.length == 12
 

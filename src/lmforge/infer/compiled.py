@@ -26,18 +26,12 @@ chat sessions, not for one short answer. On a CPU it needs a C++ compiler.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 from lmforge.errors import UserError
 from lmforge.models import registry
 from lmforge.nn import StaticKVCache
-
-DecodeStep = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, StaticKVCache], torch.Tensor
-]
 
 
 def one_token_step(
@@ -52,38 +46,40 @@ def one_token_step(
     return model(tokens, positions=positions, mask=mask, cache=cache)[:, -1]
 
 
+class CompiledDecodeStep:
+    """`one_token_step` compiled: called with the same arguments, it marks the mask's length dynamic
+    (as the cache's is, so one graph serves every capacity) and turns a failure to compile into one
+    clear line."""
+
+    def __init__(self, device_type: str) -> None:
+        options = {"cpp_wrapper": True} if device_type == "cpu" else {}
+        self.step = torch.compile(one_token_step, fullgraph=True, options=options)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        cache: StaticKVCache,
+    ) -> torch.Tensor:
+        torch._dynamo.mark_dynamic(mask, 3)  # (B, 1, 1, capacity)
+        try:
+            return self.step(model, tokens, positions, mask, cache)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            text = str(error).strip()
+            reason = text.splitlines()[0] if text else type(error).__name__
+            raise UserError(
+                f"compiling the decoding step failed ({reason}); run without --compile"
+            ) from error
+
+
 def compile_decoding(model: nn.Module) -> nn.Module:
     """Make every later generation with `model` (`Engine`, `generate`, `ChatSession`) decode with
-    compiled steps; compiling happens at the first step of each new batch size."""
+    compiled steps (`model.compiled_decode_step`); compiling happens at the first step of each new
+    batch size."""
     family = registry.family_of(model).name
     if family != "gpt":
         raise UserError(f"compiled decoding is for decoder (gpt) models, not {family}")
-    options = {"cpp_wrapper": True} if next(model.parameters()).device.type == "cpu" else {}
-    model.compiled_decode_step = torch.compile(one_token_step, fullgraph=True, options=options)
+    model.compiled_decode_step = CompiledDecodeStep(next(model.parameters()).device.type)
     return model
-
-
-def compiled_step_of(model: nn.Module) -> DecodeStep | None:
-    """The compiled step `compile_decoding` gave `model`, or None."""
-    return getattr(model, "compiled_decode_step", None)
-
-
-def run_compiled(
-    step: DecodeStep,
-    model: nn.Module,
-    tokens: torch.Tensor,
-    positions: torch.Tensor,
-    mask: torch.Tensor,
-    cache: StaticKVCache,
-) -> torch.Tensor:
-    """`step(model, tokens, positions, mask, cache)`, with the mask's length dynamic (as the
-    cache's is), and a failure to compile turned into one clear line."""
-    torch._dynamo.mark_dynamic(mask, 3)  # (B, 1, 1, capacity): one graph for every capacity
-    try:
-        return step(model, tokens, positions, mask, cache)
-    except torch._dynamo.exc.BackendCompilerFailed as error:
-        text = str(error).strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
-        raise UserError(
-            f"compiling the decoding step failed ({reason}); run without --compile"
-        ) from error

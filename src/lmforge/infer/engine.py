@@ -20,7 +20,6 @@ from torch import nn
 
 from lmforge.device import tune_cpu_allocator
 from lmforge.errors import UserError
-from lmforge.infer.compiled import compiled_step_of, run_compiled
 from lmforge.infer.fast_linear import use_decode_linears
 from lmforge.infer.sampling import SamplingParams, sample_next
 
@@ -33,7 +32,7 @@ class Engine:
             use_decode_linears(model)  # same weights, faster products for few rows
             tune_cpu_allocator()
         self.context = model.config.max_seq_len
-        self.compiled_step = compiled_step_of(model)  # see infer/compiled.py
+        self.compiled_step = getattr(model, "compiled_decode_step", None)  # infer/compiled.py
 
     def _check_lengths(self, prompts: list[list[int]]) -> int:
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -112,8 +111,7 @@ class Engine:
             if compiled:  # the whole cache, the positions not written yet masked: fixed shapes
                 positions = lengths[:, None] + step  # (B, 1)
                 mask = _step_mask(valid, longest + step)
-                step_args = (self.model, token[:, None], positions, mask, cache)
-                logits = run_compiled(self.compiled_step, *step_args)
+                logits = self.compiled_step(self.model, token[:, None], positions, mask, cache)
             else:
                 if padded:
                     positions = lengths[:, None] + step  # (B, 1)

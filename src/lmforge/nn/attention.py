@@ -88,19 +88,6 @@ class StaticKVCache(KVCache):
     share one graph. Several tokens at once (the prefill) take the ordinary path.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        batch_size: int,
-        num_kv_heads: int,
-        max_len: int,
-        head_dim: int,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)  # (1,)
-        super().__init__(num_layers, batch_size, num_kv_heads, max_len, head_dim, dtype, device)
-
     def _split_layers(self) -> None:
         super()._split_layers()
         for layer in (*self.layer_keys, *self.layer_values):  # (B, Hkv, max_len, D)
@@ -111,8 +98,8 @@ class StaticKVCache(KVCache):
         return int(self.slot)
 
     @length.setter
-    def length(self, value: int) -> None:
-        self.slot.fill_(value)
+    def length(self, value: int) -> None:  # KVCache.__init__ sets it to 0
+        self.slot = torch.full((1,), value, dtype=torch.long, device=self.keys.device)  # (1,)
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
