@@ -32,15 +32,18 @@ ADAPTER_CONFIG = "adapter.json"
 SAMPLES_PER_TENSOR = 1024
 
 
-def base_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state of the model under its adapters, named as the plain model names it."""
+def split_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The adapters' tensors, and the state of the base model under them, named as the plain
+    model names it."""
     if any(layer.merged for layer in lora_layers(model)):
         raise ValueError("unmerge the adapters before reading the base weights")
-    return {
-        name.replace(".base.", "."): tensor
-        for name, tensor in model_state(model).items()
-        if ".lora_" not in name
-    }
+    adapters, base = {}, {}
+    for name, tensor in model_state(model).items():
+        if ".lora_" in name:
+            adapters[name] = tensor
+        else:
+            base[name.replace(".base.", ".")] = tensor
+    return adapters, base
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:
@@ -63,13 +66,8 @@ def save_adapter(model: nn.Module, directory: str | Path, settings: dict) -> Pat
     wrapped = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
     if not wrapped:
         raise ValueError("the model has no adapters to save")
-    tensors = {k: v for k, v in model_state(model).items() if ".lora_" in k}
-    info = {
-        "method": "lora",
-        **settings,
-        "wrapped": wrapped,
-        "base_fingerprint": fingerprint(base_state(model)),
-    }
+    tensors, base = split_state(model)
+    info = {"method": "lora", **settings, "wrapped": wrapped, "base_fingerprint": fingerprint(base)}
     save_safetensors(tensors, directory / ADAPTER_WEIGHTS, {"format": "pt"})
     write_json_atomic(directory / ADAPTER_CONFIG, info)
     return directory
@@ -95,7 +93,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> dict:
     return the adapter's info. A different base model is a `UserError`."""
     directory = Path(directory)
     info = read_adapter_info(directory)
-    if fingerprint(base_state(model)) != info["base_fingerprint"]:
+    if fingerprint(split_state(model)[1]) != info["base_fingerprint"]:
         raise UserError(
             f"the adapter in {directory} was trained on a different base model "
             f"({info.get('base_model', 'unknown')}): fingerprints differ"
