@@ -69,15 +69,16 @@ def _stop_ids(tokenizer, ignore_eos: bool, extra: Iterable[int] = ()) -> set[int
 def stream_batch(
     model: nn.Module,
     tokenizer,
-    prompts: Sequence[str],
+    prompts: Sequence[str | list[int]],
     params: SamplingParams | None = None,
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
     stop_token_ids: Iterable[int] = (),
 ) -> Iterator[list[str]]:
-    """Yield, per step, the new text of every prompt (empty strings for nothing new)."""
+    """Yield, per step, the new text of every prompt (empty strings for nothing new). A prompt is
+    text, or the token ids of text already encoded."""
     params = params or SamplingParams()
-    ids = [tokenizer.encode(p) for p in prompts]
+    ids = [p if isinstance(p, list) else tokenizer.encode(p) for p in prompts]
     stop_ids = _stop_ids(tokenizer, ignore_eos, stop_token_ids)
     states = [_TextState(stop) for _ in prompts]
     steps = Engine(model).generate(ids, params, stop_ids)
@@ -108,13 +109,14 @@ def stream(
 def generate(
     model: nn.Module,
     tokenizer,
-    prompts: str | Sequence[str],
+    prompts: str | Sequence[str | list[int]],
     params: SamplingParams | None = None,
     stop: Sequence[str] = (),
     ignore_eos: bool = False,
     stop_token_ids: Iterable[int] = (),
 ) -> str | list[str]:
-    """The continuation of a prompt (str) or of several prompts, batched (list of str)."""
+    """The continuation of a prompt (str) or of several prompts, batched (a list of texts or of
+    token-id lists)."""
     single = isinstance(prompts, str)
     batch = [prompts] if single else list(prompts)
     texts = ["" for _ in batch]

@@ -5,19 +5,21 @@
     tag         BIO token classification, a head on every token; seqeval (tasks/tag.py)
     qa          extractive question answering, a start/end span head; EM and F1 (tasks/qa.py)
     text2text   task-prefixed generation on t5 / gpt; ROUGE, BLEU, chrF (tasks/text2text.py)
+    sft         instruction / chat fine-tuning on conversations; exact match (tasks/sft.py)
 """
 
 from lmforge.errors import UserError
 from lmforge.tasks.base import SplitDataConfig, Task, TaskSetup
 from lmforge.tasks.classify import ClassifyDataConfig, ClassifyTask
 from lmforge.tasks.qa import QATask
+from lmforge.tasks.sft import SFTTask
 from lmforge.tasks.tag import TagTask
 from lmforge.tasks.text2text import Text2TextTask
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (ClassifyTask(), TagTask(), QATask(), Text2TextTask())
+    task.name: task for task in (ClassifyTask(), TagTask(), QATask(), Text2TextTask(), SFTTask())
 }
-"""Task name -> Task. `sft` (instruction tuning) joins here with the fine-tuning issue."""
+"""Task name -> Task."""
 
 
 def get_task(name: str) -> Task:

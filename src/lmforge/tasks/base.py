@@ -122,3 +122,11 @@ class Task:
     def describe_data(self, setup: TaskSetup) -> list[str]:
         """Markdown bullet lines about the data beyond its source and split sizes."""
         return []
+
+
+def table_cell(text: str, limit: int = 160) -> str:
+    """`text` as one Markdown table cell: one line, pipes escaped, at most `limit` characters."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("|", "\\|") or " "

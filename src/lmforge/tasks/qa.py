@@ -29,7 +29,7 @@ from lmforge.errors import UserError
 from lmforge.eval.qa import QAMetrics, best_spans, exact_match, qa_metrics, token_f1
 from lmforge.models import registry
 from lmforge.models.span_heads import SpanExtractor, mask_outside_context, save_span_extractor
-from lmforge.tasks.base import SplitDataConfig, Task, TaskSetup
+from lmforge.tasks.base import SplitDataConfig, Task, TaskSetup, table_cell
 
 REPORT_EXAMPLES = 5
 """Test questions shown in the report with their gold and predicted answers."""
@@ -161,7 +161,7 @@ class QATask(Task):
         examples = data.examples["test"][:REPORT_EXAMPLES]
         for example, predicted in zip(examples, test.predictions):
             cells = [example.question, " / ".join(example.answers), predicted]
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(table_cell(c, 80) for c in cells) + " |")
         return lines
 
     def describe_data(self, setup) -> list[str]:
@@ -171,9 +171,3 @@ class QATask(Task):
             f"{data.max_length} tokens (the question to half of them; no sliding window); "
             f"answers of at most {setup.model.max_answer_tokens} tokens"
         ]
-
-
-def _cell(text: str) -> str:
-    """Text for a Markdown table cell: one line, pipes escaped, at most 80 characters."""
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -51,7 +51,7 @@ from lmforge.infer.sampling import SamplingParams
 from lmforge.infer.seq2seq import beam_search, sample_ids
 from lmforge.models import registry
 from lmforge.models.loading import save_model
-from lmforge.tasks.base import SplitDataConfig, Task, TaskSetup
+from lmforge.tasks.base import SplitDataConfig, Task, TaskSetup, table_cell
 from lmforge.train.losses import causal_lm_loss, unwrap
 from lmforge.train.span import seq2seq_loss
 
@@ -208,7 +208,7 @@ class Text2TextTask(Task):
         ]
         for i in range(min(REPORT_EXAMPLES, test.count)):
             cells = (texts.sources["test"][i], texts.targets["test"][i], test.predictions[i])
-            lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            lines.append("| " + " | ".join(table_cell(c) for c in cells) + " |")
         return lines
 
     def describe_data(self, setup) -> list[str]:
@@ -223,14 +223,6 @@ class Text2TextTask(Task):
             f"(end token included); cut to fit: {cut_inputs:,} of {n:,} training inputs, "
             f"{cut_targets:,} targets",
         ]
-
-
-def _cell(text: str, limit: int = 160) -> str:
-    """`text` as one Markdown table cell: one line, pipes escaped, long texts shortened."""
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("|", "\\|") or " "
 
 
 def scored_count(data: Text2TextBatches, split: str) -> int:

@@ -40,10 +40,15 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_orig_mod", model)
 
 
-def causal_lm_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy of predicting targets y (B, T) from inputs x (B, T)."""
-    x, y = batch
-    hidden = model(x, return_hidden=True)  # (B, T, C)
+def causal_lm_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean cross-entropy of predicting targets y (B, T) from inputs x (B, T).
+
+    A packed batch (x, y, positions, mask) also gives each token's position (B, T) within its own
+    sequence and the block-diagonal causal mask (B, 1, T, T) that keeps the sequences of a row
+    apart (data/sft.py)."""
+    x, y, *packing = batch
+    positions, mask = packing or (None, None)
+    hidden = model(x, positions=positions, mask=mask, return_hidden=True)  # (B, T, C)
     return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, y)
 
 
