@@ -22,6 +22,14 @@ def _add_compile_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_adapter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--adapter",
+        help="adapter directory from `lmforge finetune` (lora, qlora, adapter, prompt) to load "
+        "onto --model, its base",
+    )
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0 = off)")
@@ -111,13 +119,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a model for a task (classify, tag, qa, text2text) with a method (full, feature)",
+        help="fine-tune a model for a task (classify, tag, qa, text2text) with a method (full, "
+        "feature, lora, qlora, adapter, prompt)",
         description="Fine-tune a pre-trained model. Any config field can be set as "
         "--section.key=value, e.g. --train.max_steps=300 --data.train_subset=2000 "
-        "--head.dropout=0.1.",
+        "--head.dropout=0.1 --lora.rank=8 --adapter.bottleneck=64 --prompt.num_tokens=20 "
+        "--qlora.double_quant=false.",
     )
     p.add_argument("--model", help="pre-trained model or run directory (or a GGUF file)")
-    p.add_argument("--method", help="full (every parameter) or feature (frozen backbone, head)")
+    p.add_argument(
+        "--method",
+        help="full (every parameter), feature (frozen backbone, head), lora (low-rank adapters), "
+        "qlora (LoRA over a 4-bit NF4 base), adapter (Houlsby bottleneck adapters) or prompt "
+        "(soft prompt tuning)",
+    )
     p.add_argument(
         "--task",
         help="classify (sequence classification; the default), tag (BIO token classification), "
@@ -160,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="each prompt is a user turn (chat template)")
     p.add_argument("--num-beams", type=int, default=1, help="beam search (t5 models; default 1)")
     p.add_argument("--length-penalty", type=float, default=1.0, help="beam score: log p / len^this")
+    _add_adapter_arg(p)
     _add_compile_arg(p)
     _add_sampling_args(p)
 
@@ -198,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="storage type: fp32|bf16|f16 for lmforge/hf, f32|f16|q8_0 for gguf (default full)",
     )
     p.add_argument(
-        "--adapter", help="a LoRA run directory (adapter.json): merged into the source, its base"
+        "--adapter",
+        help="an adapter directory (adapter.json) for the source, its base: LoRA merged, "
+        "adapter/prompt kept beside it (lmforge format only)",
     )
 
     p = sub.add_parser("chat", help="multi-turn chat with a model in the terminal")
@@ -208,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--template", default=None, help="chat template: chatml, plain, default or a .jinja file"
     )
     p.add_argument("--device", default="auto")
+    _add_adapter_arg(p)
     _add_compile_arg(p)
     _add_sampling_args(p)
 
@@ -280,6 +299,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
                 args.chat,
                 num_beams=args.num_beams,
                 length_penalty=args.length_penalty,
+                adapter=args.adapter,
                 compile=args.compile,
             )
         )
@@ -316,7 +336,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         params = _sampling_params(args)
         chat.main(
             chat.ChatConfig(
-                args.model, args.system, params, args.template, args.device, args.compile
+                args.model,
+                args.system,
+                params,
+                args.template,
+                args.device,
+                adapter=args.adapter,
+                compile=args.compile,
             )
         )
     elif args.command == "presets":

@@ -158,7 +158,8 @@ def test_a_saved_adapter_loads_onto_its_base_and_refuses_another(tmp_path):
         n for n in model.state_dict() if ".lora_" in n
     }
     base, _ = model_and_ids(6)
-    info = load_adapter(base, tmp_path)
+    adapted, info = load_adapter(base, tmp_path)
+    assert adapted is base  # wrapped in place
     assert info["wrapped"] == [n for n, m in base.named_modules() if isinstance(m, LoRALinear)]
     torch.testing.assert_close(base.eval()(ids), expected)
 

@@ -24,6 +24,7 @@ Design decisions
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -192,49 +193,58 @@ def state_from_gguf(
     f: GGUFFile, cfg: GPTConfig, expected: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """lmforge state dict with the names and shapes of `expected`, read from the file."""
-    tensors = _split_qkv(f, cfg) if f.architecture == "gpt2" else {}
+    return dict(iter_state_from_gguf(f, cfg, expected))
+
+
+def iter_state_from_gguf(
+    f: GGUFFile, cfg: GPTConfig, expected: dict[str, torch.Tensor]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The (name, float32 tensor) pairs of `state_from_gguf`, dequantized one at a time, so that
+    a consumer that keeps each in another form (peft/qlora.py: NF4) never holds them all."""
+    pending: dict[str, np.ndarray] = {}  # q, k, v of a fused "gpt2" tensor not yet taken
     used = {n for n in f.tensors if n.endswith(".bias") and not cfg.bias} | {ROPE_FREQS}
-    used |= {n for n in f.tensors if n.endswith("attn_qkv.weight") or n.endswith("attn_qkv.bias")}
-    state = {}
+    used |= {n for n in f.tensors if n.endswith(("attn_qkv.weight", "attn_qkv.bias"))}
     for name, ref in expected.items():
         if name == "lm_head.weight" and cfg.tie_embeddings:
             continue
         source = gguf_name(name)
         used.add(source)
-        if source in tensors:
-            value = tensors[source]
+        kind = source.rsplit(".", 2)[-2]
+        if f.architecture == "gpt2" and kind in QKV and source not in pending:
+            pending.update(_split_qkv(f, cfg, source))
+        if source in pending:
+            value = pending.pop(source)
         elif f.has(source):
             value = f.tensor(source)
         elif name.endswith(".bias"):  # some biases of a biased model: the others are zero
             value = np.zeros(tuple(ref.shape), dtype=np.float32)
         else:
             raise UserError(f"{f.path} lacks the tensor {source}; it is not a complete model")
-        if f.architecture == "llama" and source.rsplit(".", 2)[-2] in ("attn_q", "attn_k"):
-            heads = cfg.num_heads if ".attn_q." in source else cfg.num_kv_heads
+        if f.architecture == "llama" and kind in ("attn_q", "attn_k"):
+            heads = cfg.num_heads if kind == "attn_q" else cfg.num_kv_heads
             value = from_interleaved(value, heads)
         if value.shape != tuple(ref.shape):
             raise UserError(
                 f"{f.path}: tensor {source} has shape {value.shape}, its metadata implies "
                 f"{tuple(ref.shape)}"
             )
-        state[name] = torch.from_numpy(value)
+        yield name, torch.from_numpy(value)
     unused = sorted(set(f.tensors) - used)
     if unused:
         raise UserError(f"{f.path} holds tensors lmforge has no place for: {', '.join(unused[:4])}")
-    return state
 
 
-def _split_qkv(f: GGUFFile, cfg: GPTConfig) -> dict[str, np.ndarray]:
-    """`blk.N.attn_{q,k,v}.*` from the fused `blk.N.attn_qkv.*` of a "gpt2" file."""
+def _split_qkv(f: GGUFFile, cfg: GPTConfig, source: str) -> dict[str, np.ndarray]:
+    """`blk.N.attn_{q,k,v}.KIND` from the fused `blk.N.attn_qkv.KIND` of a "gpt2" file, for the
+    layer and kind (weight or bias) of `source`; empty if the file has no such fused tensor."""
+    block, _, kind = source.rsplit(".", 2)
+    fused = f"{block}.attn_qkv.{kind}"
+    if not f.has(fused):
+        return {}
+    used_names = [f"{block}.{n}.{kind}" for n in QKV]
     sizes = np.cumsum([cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim])
-    out = {}
-    for i in range(cfg.num_layers):
-        for kind in ("weight", "bias"):
-            fused = f"blk.{i}.attn_qkv.{kind}"
-            if f.has(fused):
-                parts = np.split(f.tensor(fused), sizes)  # (Q + 2 KV, C) -> 3 x (rows, C)
-                out.update({f"blk.{i}.{n}.{kind}": p for n, p in zip(QKV, parts)})
-    return out
+    parts = np.split(f.tensor(fused), sizes)  # (Q + 2 KV, C) -> 3 x (rows, C)
+    return dict(zip(used_names, parts))
 
 
 # ------------------------------------------------------------------------------------- export

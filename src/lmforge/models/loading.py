@@ -4,6 +4,10 @@ Weights are only ever read from safetensors (never unpickled). Tied weights are 
 output projection shares the embedding matrix, so `lm_head.weight` is left out of the file when
 `tie_embeddings` is set. A run directory from `lmforge pretrain` is itself a model directory.
 
+A model directory may also hold an adapter that cannot be merged into the weights (`adapter.json`
+and `adapter.safetensors` of a Houlsby adapter or a soft prompt, from `lmforge finetune`):
+`load_model` rebuilds it on the model (peft/adapter_files.py).
+
 Every model family (models/registry.py) loads through the same code; `config.json` names the family.
 A model class cooperates through three optional methods:
 - `tied_parameter_names()`: names left out of the file because they share another's tensor;
@@ -14,10 +18,11 @@ A model class cooperates through three optional methods:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -65,6 +70,24 @@ def load_safetensors(path: Path, device: str | torch.device = "cpu") -> dict[str
         raise UserError(f"weights file not found: {path}")
     try:
         return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{path} is corrupt or truncated ({reason}); re-create or re-download it"
+        ) from None
+
+
+def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors of a safetensors file one at a time (only one is read into memory at once:
+    peft/qlora.py quantizes each as it comes); a missing or corrupt file is a `UserError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = f.keys()
+            for name in names:
+                yield name, f.get_tensor(name)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -129,6 +152,9 @@ def load_model(
     cfg = read_config(directory)
     state = load_safetensors(directory / WEIGHTS_FILE)
     model = build_loaded(cfg, state, directory / WEIGHTS_FILE)
+    from lmforge.peft.adapter_files import rebuild_saved_adapter
+
+    model = rebuild_saved_adapter(model, directory)  # a bottleneck adapter or a soft prompt
     return model.to(device=device, dtype=dtype).eval()
 
 

@@ -1,9 +1,21 @@
-"""Fine-tuning methods that prepare a model in place (methods.py): `full`, `feature` and `lora`
-(lora.py: low-rank adapters wrapped around linear layers; adapter_files.py: adapters saved alone).
-nf4.py stores frozen linear layers in 4-bit NormalFloat, the base of QLoRA. The `qlora`, adapter
-and prompt-tuning methods, by replacing modules, are on the roadmap."""
+"""Fine-tuning methods that prepare a model in place (methods.py): `full`, `feature`, `lora`,
+`qlora`, `adapter` and `prompt`, by freezing and by wrapping or replacing modules, never by
+subclassing the model.
 
-from lmforge.peft.adapter_files import load_adapter, save_adapter
+    lora.py           low-rank adapters around linear layers (Hu et al., 2021)
+    nf4.py, qlora.py  4-bit NormalFloat layers, and a base quantized while it is read (QLoRA)
+    bottleneck.py     Houlsby bottleneck adapters after attention and MLP (Houlsby et al., 2019)
+    prompt.py         a soft prompt of virtual tokens before the input (Lester et al., 2021)
+    adapter_files.py  every kind of adapter saved alone with its base's fingerprint, loaded back
+"""
+
+from lmforge.peft.adapter_files import (
+    load_adapter,
+    load_adapter_merged,
+    remove_adapters,
+    save_adapter,
+)
+from lmforge.peft.bottleneck import WithAdapter, apply_adapters
 from lmforge.peft.lora import LoRALinear, apply_lora, merge_lora
 from lmforge.peft.methods import (
     METHODS,
@@ -13,17 +25,27 @@ from lmforge.peft.methods import (
     prepare_feature,
     prepare_full,
 )
+from lmforge.peft.nf4 import NF4Linear
+from lmforge.peft.prompt import PromptTuned
+from lmforge.peft.qlora import load_quantized
 
 __all__ = [
     "METHODS",
     "LoRALinear",
     "Method",
+    "NF4Linear",
+    "PromptTuned",
+    "WithAdapter",
+    "apply_adapters",
     "apply_lora",
     "cache_features",
     "get_method",
     "load_adapter",
+    "load_adapter_merged",
+    "load_quantized",
     "merge_lora",
     "prepare_feature",
     "prepare_full",
+    "remove_adapters",
     "save_adapter",
 ]

@@ -50,7 +50,10 @@ class LoRALinear(nn.Module):
         self.base = base
         self.rank, self.alpha = rank, alpha
         self.scaling = alpha / rank
-        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        weight = base.weight
+        # over an NF4 base (QLoRA) the adapters stay in full precision, whatever the compute dtype
+        dtype = torch.float32 if isinstance(base, NF4Linear) else weight.dtype
+        like = {"dtype": dtype, "device": weight.device}
         self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, **like))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, **like))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # nn.Linear's own initialisation

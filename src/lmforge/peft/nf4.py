@@ -18,8 +18,9 @@ grows by the scale's own error, at most half an 8-bit step of its block:
 |w - w_hat| <= absmax * max_gap / 2 + |absmax - absmax_hat|.
 
 `NF4Linear` stores a linear layer this way, 0.5625 bytes per weight (0.516 with double
-quantization) against 4 in fp32, and dequantizes the weight at every call. It is frozen; LoRA
-trains on top of it (peft/lora.py).
+quantization) against 4 in fp32, and dequantizes the weight at every call, in the run's precision.
+It is frozen; LoRA trains on top of it (peft/lora.py). peft/qlora.py quantizes a model's layers
+while its weights are read, so the full-precision model is never in memory at once.
 """
 
 from __future__ import annotations
@@ -97,24 +98,49 @@ def dequantize_nf4(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.fl
 
 
 class NF4Linear(nn.Module):
-    """A frozen linear layer whose weight is stored in NF4; the bias (if any) stays as it was."""
+    """A frozen linear layer whose weight is stored in NF4; the bias (if any) stays as it was.
 
-    def __init__(self, linear: nn.Linear, double_quant: bool = True) -> None:
+    The quantized weight's tensors (`packed`, the scales, `shape`) are frozen parameters, not
+    buffers, as bitsandbytes' `Params4bit` is: they are the layer's weight in another form, so a
+    training checkpoint leaves them out with the other frozen weights (train/checkpoint.py)."""
+
+    def __init__(
+        self,
+        linear: nn.Linear,
+        double_quant: bool = True,
+        compute_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
+        weight, bias = linear.weight, linear.bias
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        if linear.weight.numel() % BLOCK:
-            raise ValueError(
-                f"NF4 needs a multiple of {BLOCK} weights, got {linear.weight.numel()}"
-            )
-        self.compute_dtype = linear.weight.dtype
-        for name, tensor in quantize_nf4(linear.weight, double_quant).items():
-            self.register_buffer(name, tensor)
+        if weight.numel() % BLOCK:
+            raise ValueError(f"NF4 needs a multiple of {BLOCK} weights, got {weight.numel()}")
+        self.compute_dtype = compute_dtype or weight.dtype
+        """The dtype the weight is dequantized to at each call (the run's precision)."""
+        for name, tensor in quantize_nf4(weight, double_quant).items():
+            self.register_parameter(name, nn.Parameter(tensor, requires_grad=False))
+        self.storage_names = tuple(quantize_nf4_names(double_quant))
         self.double_quant = double_quant
-        bias = linear.bias
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
 
+    @classmethod
+    def from_weight(
+        cls,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        double_quant: bool = True,
+        compute_dtype: torch.dtype | None = None,
+    ) -> NF4Linear:
+        """The NF4 layer of a weight (out, in) and bias read from a file (peft/qlora.py)."""
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+        linear.weight = nn.Parameter(weight, requires_grad=False)  # no copy: quantized at once
+        layer = cls(linear, double_quant, compute_dtype)
+        layer.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        return layer
+
     def state(self) -> dict[str, torch.Tensor]:
-        return dict(self.named_buffers(recurse=False))
+        """The quantized weight: what `dequantize_nf4` reads."""
+        return {name: getattr(self, name) for name in self.storage_names}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -140,15 +166,67 @@ class NF4Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, double_quant={self.double_quant}"
 
 
-def quantize_linears(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
-    """Replace every `nn.Linear` of `model` (except names ending in `skip`) by an `NF4Linear`,
+def quantize_nf4_names(double_quant: bool) -> tuple[str, ...]:
+    """The names of the tensors `quantize_nf4` returns."""
+    scales = ("absmax_codes", "absmax_scale", "absmax_mean") if double_quant else ("absmax",)
+    return ("packed", "shape", *scales)
+
+
+def quantizable(model: nn.Module, name: str, module: nn.Module, skip: tuple[str, ...]) -> bool:
+    """True for a plain linear layer of `model` that NF4 can hold: not named in `skip` (the output
+    layer), a multiple of 64 weights, and a weight of its own (a tied output layer shares the
+    embedding table, which stays as it is)."""
+    if not isinstance(module, nn.Linear) or name.endswith(skip):
+        return False
+    tied = getattr(model, "tied_parameter_names", lambda: set())()
+    return module.weight.numel() % BLOCK == 0 and f"{name}.weight" not in tied
+
+
+def quantize_linears(
+    model: nn.Module, skip: tuple[str, ...] = ("lm_head",), double_quant: bool = True
+) -> list[str]:
+    """Replace every `nn.Linear` of `model` that NF4 can hold (`quantizable`) by an `NF4Linear`,
     in place; return the replaced names."""
     replaced = []
     for name, module in list(model.named_modules()):
-        if isinstance(module, nn.Linear) and not name.endswith(skip):
-            if module.weight.numel() % BLOCK:
-                continue  # too odd a shape to quantize in blocks: stays as it is
+        if quantizable(model, name, module, skip):
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name), child, NF4Linear(module))
+            setattr(model.get_submodule(parent_name), child, NF4Linear(module, double_quant))
             replaced.append(name)
     return replaced
+
+
+def dequantize_linears(model: nn.Module) -> nn.Module:
+    """Replace every `NF4Linear` of `model` by a plain `nn.Linear` with its dequantized weight,
+    in place: a model every command loads."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, NF4Linear):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.to_linear())
+    return model
+
+
+def _nf4_storage(model: nn.Module) -> tuple[list[NF4Linear], set[int]]:
+    layers = [m for m in model.modules() if isinstance(m, NF4Linear)]
+    return layers, {id(t) for layer in layers for t in layer.state().values()}
+
+
+def count_weights(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters, each shared tensor once, an NF4 layer counted as its
+    in x out weights (not as the bytes that store them)."""
+    layers, storage = _nf4_storage(model)
+    unique = {id(p): p for p in model.parameters() if id(p) not in storage}.values()
+    trainable = sum(p.numel() for p in unique if p.requires_grad)
+    quantized = sum(layer.in_features * layer.out_features for layer in layers)
+    return trainable, sum(p.numel() for p in unique) + quantized
+
+
+def weight_bytes(model: nn.Module) -> tuple[int, int]:
+    """(bytes the model's parameters take as stored, bytes they would take in fp32): an NF4
+    layer's packed indices and scales against 4 bytes for each of its weights."""
+    layers, storage = _nf4_storage(model)
+    unique = {id(p): p for p in model.parameters()}
+    stored = sum(p.numel() * p.element_size() for p in unique.values())
+    dense = [p for i, p in unique.items() if i not in storage]
+    fp32 = 4 * (sum(p.numel() for p in dense) + sum(m.in_features * m.out_features for m in layers))
+    return stored, fp32

@@ -5,6 +5,8 @@ the system message (`/system` alone removes it), `/exit` (or end of input) quits
 answer stops that answer and keeps the session; Ctrl-C at the prompt quits. Input may be piped
 (`printf 'Hi\\n/reset\\nHello\\n' | lmforge chat --model DIR`): answers go to stdout, one per line
 group, and notices to stderr. The session itself is `lmforge.infer.chat.ChatSession`.
+`--adapter DIR` loads an adapter from `lmforge finetune` onto the model, its base
+(peft/adapter_files.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from lmforge.infer.compiled import compile_decoding
 from lmforge.infer.sampling import SamplingParams
 from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
+from lmforge.peft import PromptTuned, load_adapter_merged
 
 HELP = "commands: /reset (forget the history), /system TEXT (set the system message), /exit"
 
@@ -35,6 +38,9 @@ class ChatConfig:
     """Chat template: None (the model's own, else the default), chatml, plain, or a .jinja file."""
     device: str = "auto"
     """auto, cpu, cuda or mps."""
+    adapter: str | None = None
+    """A directory with adapter.json + adapter.safetensors (a `lmforge finetune` run of a
+    parameter-efficient method) to load onto the model, which must be its base."""
     compile: bool = False
     """Decode with compiled steps (infer/compiled.py): slow first answer, faster ones after."""
 
@@ -47,10 +53,14 @@ def main(
 ) -> ChatSession:
     stdin, out, err = stdin or sys.stdin, out or sys.stdout, err or sys.stderr
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    if cfg.adapter is not None:
+        model = load_adapter_merged(model, cfg.adapter)  # a different base: one-line error
     family = registry.family_of(model).name
     if family != "gpt":
         raise UserError(f"chat needs a decoder (gpt) model; {cfg.model} is a {family} model")
     if cfg.compile:
+        if isinstance(model, PromptTuned):
+            raise UserError("--compile does not support prompt-tuned models yet; leave it out")
         compile_decoding(model)
     session = ChatSession(model, tokenizer, cfg.template, cfg.sampling, cfg.system)
     interactive = stdin is sys.stdin and stdin.isatty()

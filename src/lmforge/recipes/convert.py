@@ -12,6 +12,15 @@ writer is written once. Storage types per target:
     lmforge   fp32 (default), bf16, f16   safetensors; loaded back in fp32
     hf        fp32 (default), bf16, f16   safetensors that `transformers` loads
     gguf      f32 (default), f16, q8_0    llama.cpp types; norms stay f32
+
+Adapters (`--adapter DIR`, a `lmforge finetune` run or any directory with adapter.json and
+adapter.safetensors; peft/adapter_files.py) are loaded onto the source, which must be their base.
+LoRA and QLoRA adapters are merged into the weights: a plain model in any format. Houlsby adapters
+and soft prompts cannot be merged (a nonlinearity; extra input positions), so they go only to the
+lmforge format, which keeps them beside the base weights for `load_model` to rebuild (in fp32:
+the adapter's fingerprint holds the base's exact weights); to Hugging Face or GGUF, which have no
+place for them, the conversion is refused. A run directory that carries such an adapter converts
+the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import UserError
+from lmforge.fileio import write_json_atomic
 from lmforge.models import registry
 
 TARGET_DTYPES = {
@@ -46,8 +56,9 @@ class ConvertConfig:
     dtype: str | None = None
     """Storage type (see the module docstring); default fp32 / f32."""
     adapter: str | None = None
-    """A directory with adapter.safetensors + adapter.json (a `finetune --method lora` run): loaded
-    onto the source, which must be its base, and merged into the written model."""
+    """A directory with adapter.safetensors + adapter.json (a `lmforge finetune` run with a
+    parameter-efficient method): loaded onto the source, which must be its base, and merged into
+    the written model (LoRA, QLoRA) or written beside it (adapter, prompt; lmforge format only)."""
 
 
 def detect_format(source: Path) -> str:
@@ -113,11 +124,18 @@ def convert(cfg: ConvertConfig) -> Path:
     if out.resolve() == Path(cfg.source).resolve():
         raise UserError("--out must differ from the source: converting in place could lose it")
     model, tokenizer, fmt = load_any(cfg.source)
-    if cfg.adapter is not None:
-        from lmforge.peft import load_adapter, merge_lora
+    adapter = cfg.adapter
+    if adapter is not None:
+        from lmforge.peft import load_adapter
 
-        load_adapter(model, cfg.adapter)
-        merge_lora(model)
+        model, _ = load_adapter(model, adapter)
+    elif fmt == "lmforge" and (Path(cfg.source) / "adapter.json").is_file():
+        from lmforge.peft.adapter_files import has_unmergeable_adapter
+
+        if has_unmergeable_adapter(model):  # rebuilt by load_model: it goes along
+            adapter = cfg.source
+    if adapter is not None:
+        model = merge_or_keep_adapter(model, Path(adapter), cfg.to, dtype, out)
     if cfg.to == "gguf":
         if tokenizer is None:
             raise UserError(f"{cfg.source} has no tokenizer.json: a GGUF file must carry one")
@@ -141,6 +159,45 @@ def convert(cfg: ConvertConfig) -> Path:
         file=sys.stderr,
     )
     return out
+
+
+def merge_or_keep_adapter(model, adapter: Path, to: str, dtype: str, out: Path):
+    """The model to write, with the adapter of `adapter` loaded on it: merged into the weights
+    (LoRA, QLoRA), or (adapter, prompt) taken off, its files written into `out` for `load_model`
+    to rebuild; refused where the target format cannot carry it."""
+    from lmforge.models.loading import load_safetensors, save_safetensors
+    from lmforge.peft.adapter_files import (
+        ADAPTER_CONFIG,
+        ADAPTER_WEIGHTS,
+        KINDS,
+        read_adapter_info,
+        remove_adapters,
+    )
+    from lmforge.peft.lora import merge_lora
+
+    info = read_adapter_info(adapter)
+    method = info["method"]
+    if KINDS[method].mergeable:
+        return merge_lora(model)
+    why = {
+        "adapter": "a nonlinearity sits between its projections",
+        "prompt": "it adds virtual tokens before the input",
+    }[method]
+    if to != "lmforge":
+        raise UserError(
+            f"{adapter} holds a {method} adapter, which cannot be merged into the weights ({why}) "
+            f"and {to} has no place for it; convert to the lmforge format, which keeps it beside "
+            "the base, or export the base alone"
+        )
+    if dtype != "fp32":
+        raise UserError(
+            f"{adapter} holds a {method} adapter, which stays beside the base's exact weights "
+            "(its fingerprint): convert with --dtype fp32"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    save_safetensors(load_safetensors(adapter / ADAPTER_WEIGHTS), out / ADAPTER_WEIGHTS)
+    write_json_atomic(out / ADAPTER_CONFIG, info)
+    return remove_adapters(model)
 
 
 def main(cfg: ConvertConfig) -> None:

@@ -6,14 +6,17 @@
         --out runs/reviews-feature
     lmforge finetune --model runs/bert --task tag --data ner.conll --out runs/ner
     lmforge finetune --model runs/t5 --task text2text --data shakespeare-lead --out runs/lead
+    lmforge finetune --model smollm2.gguf --method qlora --data rotten-tomatoes --out runs/rt-qlora
+    lmforge finetune --model runs/quickstart --method adapter --adapter.bottleneck=16 --out runs/a
+    lmforge finetune --model runs/quickstart --method prompt --prompt.num_tokens=20 --out runs/p
 
 The pieces, each chosen from a dict by name:
     model   any family (gpt, bert, t5), any format `lmforge convert` reads (lmforge directory,
             Hugging Face directory, GGUF file), with its tokenizer
     task    supplies the data, the head, the loss, the metrics, the saved model and its part
             of the report (tasks/: `TASKS`, each a `tasks.base.Task`)
-    method  prepares the model in place: freezing, and later wrapping or replacing modules
-            (peft/methods.py: `full`, `feature`)
+    method  prepares the model in place: freezing, wrapping or replacing modules
+            (peft/methods.py: `full`, `feature`, `lora`, `qlora`, `adapter`, `prompt`)
 and train/loop.py trains whatever is trainable (schedule, accumulation, clipping, checkpoints,
 resume, metrics.jsonl, progress). With the feature method, a task that can (classify) runs the
 frozen backbone once over every example and trains the head alone on the cached features.
@@ -23,7 +26,10 @@ test metrics), checkpoints/, loss.png, report.md (the task's scores; method, tra
 parameters, peak memory, wall time, checkpoint size) and the fine-tuned model as the task saves it:
 for classify the backbone as a model directory (config.json, model.safetensors, tokenizer.json)
 plus head.safetensors and classifier.json, which `lmforge classify --model RUN --text ...` and
-`recipes/classify.py` `load_classifier(RUN)(texts)` use. Single process (no torchrun) for now.
+`recipes/classify.py` `load_classifier(RUN)(texts)` use. A parameter-efficient method also writes
+what it trained alone, adapter.safetensors + adapter.json (peft/adapter_files.py): LoRA and QLoRA
+runs save their model merged, adapter and prompt runs the base with the adapter beside it, which
+loading rebuilds. Single process (no torchrun) for now.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,9 +51,10 @@ from lmforge.device import resolve_device, resolve_precision
 from lmforge.errors import UserError
 from lmforge.fileio import write_text_atomic
 from lmforge.models import registry
-from lmforge.models.heads import count_parameters
 from lmforge.models.loading import check_vocab
-from lmforge.peft import Method, get_method
+from lmforge.peft import Method, get_method, save_adapter
+from lmforge.peft.methods import backbone_of
+from lmforge.peft.nf4 import count_weights, weight_bytes
 from lmforge.tasks import ClassifyDataConfig, Task, TaskSetup, get_task
 from lmforge.tasks.base import Metrics
 from lmforge.train import checkpoint as ckpt
@@ -76,6 +84,62 @@ class LoRAConfig:
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     """Linear layers to adapt, by name or glob (`q_proj`, `attn.*_proj`, `layers.1.*`)."""
 
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be at least 1, got {self.rank}")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.targets:
+            raise ValueError("lora.targets must name at least one layer (e.g. q_proj)")
+
+
+@dataclass
+class QLoRAConfig:
+    """The `qlora` method's base (peft/nf4.py, qlora.py); its adapters are the `lora` section's."""
+
+    double_quant: bool = True
+    """Quantize the NF4 block scales too (8-bit, in blocks of 256): ~0.37 bits less a weight."""
+
+
+@dataclass
+class AdapterConfig:
+    """The `adapter` method's bottleneck adapters (peft/bottleneck.py, Houlsby et al., 2019)."""
+
+    bottleneck: int = 64
+    """m: the features between the down- and up-projection of each adapter."""
+    layers: list[int] = field(default_factory=list)
+    """Layer numbers that get adapters (empty: every layer)."""
+    train_norms: bool = True
+    """Train the layer norms too, as Houlsby et al. do."""
+
+    def __post_init__(self) -> None:
+        if self.bottleneck < 1:
+            raise ValueError(f"adapter.bottleneck must be at least 1, got {self.bottleneck}")
+        if any(i < 0 for i in self.layers):
+            raise ValueError(f"adapter.layers must be layer numbers >= 0, got {self.layers}")
+
+
+@dataclass
+class PromptConfig:
+    """The `prompt` method's soft prompt (peft/prompt.py, Lester et al., 2021)."""
+
+    num_tokens: int = 20
+    """P: the virtual tokens put before every input."""
+    init: str = "vocab"
+    """Initial embeddings: `vocab` (random tokens among the 5,000 commonest) or `text`."""
+    text: str = ""
+    """With init=text: the text whose tokens' embeddings (repeated) start the prompt."""
+
+    def __post_init__(self) -> None:
+        if self.num_tokens < 1:
+            raise ValueError(f"prompt.num_tokens must be at least 1, got {self.num_tokens}")
+        if self.init not in ("vocab", "text"):
+            raise ValueError(f"prompt.init must be vocab or text, got {self.init!r}")
+        if self.init == "text" and not self.text.strip():
+            raise ValueError("prompt.init=text needs prompt.text")
+
 
 @dataclass
 class FinetuneConfig:
@@ -89,6 +153,9 @@ class FinetuneConfig:
     """The task's own data section (its `data_config` dataclass, e.g. tasks/classify.py)."""
     head: HeadConfig = field(default_factory=HeadConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    qlora: QLoRAConfig = field(default_factory=QLoRAConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation; `block_size` is the longest input in tokens (longer texts are truncated)."""
 
@@ -120,8 +187,16 @@ class FinetuneResult:
     feature_seconds: float
     peak_rss_mb: float
     peak_cuda_mb: float | None
+    loaded_rss_mb: float
+    """Peak resident memory once the model was loaded and prepared, before training."""
+    weight_bytes: int
+    """Bytes the prepared model's parameters take in memory (an NF4 base: packed and scales)."""
+    weight_fp32_bytes: int
+    """What they would take in fp32."""
     checkpoint_bytes: int
     """Size of the weights a training checkpoint stores (what the method trains)."""
+    adapter_bytes: int
+    """Size of adapter.safetensors, what a parameter-efficient method saves alone (0: none)."""
     saved_bytes: int
     """Size of the saved model's weights (backbone and any head)."""
     max_length: int
@@ -187,13 +262,16 @@ def main(
     if run_dir.resolve() == Path(cfg.model).resolve():
         raise UserError("--out must differ from --model: the run would overwrite the base model")
     _check_run_dir(run_dir, resume)
-    backbone, tokenizer = load_backbone(cfg.model)
+    backbone, tokenizer = load_backbone(cfg.model, cfg, method.load)
     family = registry.family_of(backbone).name
     task.check_family(family)
     setup = task.setup(backbone, tokenizer, cfg)
-    model, examples = setup.model, setup.examples
-    method.prepare(model, cfg)
-    trainable, total = count_parameters(model)
+    model = method.prepare(setup.model, cfg, tokenizer)  # the same model, or a wrapper around it
+    setup = replace(setup, model=model)
+    examples = setup.examples
+    trainable, total = count_weights(model)
+    in_memory, in_fp32 = weight_bytes(model)
+    loaded_rss = peak_rss_mb()
     device = resolve_device(cfg.train.device)
     dtype = resolve_precision(cfg.train.precision, device)
     if device.type == "cuda":
@@ -235,10 +313,11 @@ def main(
     MetricsLog(run_dir / "metrics.jsonl", resume_step=result.steps).log(final)
 
     model.to("cpu").eval()
-    if method.save_alone is not None:
-        method.save_alone(model, run_dir, cfg)
+    if method.adapter_settings is not None:  # what the method trained, alone
+        settings = {**method.adapter_settings(cfg), "base_model": str(cfg.model)}
+        save_adapter(backbone_of(model), run_dir, settings, method.name)
     if method.finalize is not None:
-        method.finalize(model)
+        model = method.finalize(model)
     info = {
         "method": method.name,
         "base_model": str(cfg.model),
@@ -259,7 +338,11 @@ def main(
         peak_cuda_mb=(
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
+        loaded_rss_mb=loaded_rss,
+        weight_bytes=in_memory,
+        weight_fp32_bytes=in_fp32,
         checkpoint_bytes=_size(latest / "model.safetensors") if latest else 0,
+        adapter_bytes=_size(run_dir / "adapter.safetensors") if method.adapter_settings else 0,
         saved_bytes=sum(_size(run_dir / w) for w in weights),
         max_length=max_length,
     )
@@ -271,13 +354,19 @@ def main(
     return out_result
 
 
-def load_backbone(source: str | Path):
-    """(model, tokenizer) from any format `lmforge convert` reads; the tokenizer is required."""
+def load_backbone(
+    source: str | Path, cfg: FinetuneConfig | None = None, loader: Callable | None = None
+):
+    """(model, tokenizer) from any format `lmforge convert` reads, or by the method's own
+    `loader(source, cfg)` (QLoRA); the tokenizer is required."""
     from lmforge.recipes.convert import load_any
 
     if not Path(source).exists():
         raise UserError(f"model not found: {source}; pass a model or run directory (or GGUF file)")
-    model, tokenizer, _ = load_any(source)
+    if loader is not None:
+        model, tokenizer = loader(str(source), cfg)
+    else:
+        model, tokenizer, _ = load_any(source)
     if tokenizer is None:
         raise UserError(f"{source} has no tokenizer.json; fine-tuning needs the model's tokenizer")
     check_vocab(tokenizer, model.config, source)
@@ -306,6 +395,13 @@ def _size(path: Path) -> int:
 
 def _human_bytes(n: int) -> str:
     return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 2**10:.1f} KiB"
+
+
+def _weights(stored: int, fp32: int) -> str:
+    """The weights' bytes, and what fp32 would take where they are stored otherwise (NF4)."""
+    if stored == fp32:
+        return _human_bytes(stored)
+    return f"{_human_bytes(stored)} (all in fp32: {_human_bytes(fp32)})"
 
 
 # ------------------------------------------------------------------------------------- report
@@ -347,7 +443,14 @@ def write_report(
         f"| wall time | {r.seconds:.1f} s (training {r.train.seconds:.1f} s, "
         f"features {r.feature_seconds:.1f} s) |",
         f"| peak memory | RSS {r.peak_rss_mb:,.0f} MiB; CUDA {cuda} |",
+        f"| peak memory once loaded (before training) | RSS {r.loaded_rss_mb:,.0f} MiB |",
+        f"| model weights in memory | {_weights(r.weight_bytes, r.weight_fp32_bytes)} |",
         f"| checkpoint size (trained weights) | {_human_bytes(r.checkpoint_bytes)} |",
+        *(
+            [f"| adapter size (adapter.safetensors) | {_human_bytes(r.adapter_bytes)} |"]
+            if r.adapter_bytes
+            else []
+        ),
         f"| saved model size | {_human_bytes(r.saved_bytes)} |",
         "",
         "![loss curve](loss.png)",

@@ -8,6 +8,9 @@ An encoder-decoder (t5) model reads each prompt as its source and prints the gen
 (text-to-text; infer/seq2seq.py), greedy, sampled or by beam search (`--num-beams`). So does a decoder
 fine-tuned by `lmforge finetune --task text2text` (its run holds text2text.json): the prompt
 ("summarize: ...") is framed as in fine-tuning (tasks/text2text.py), only the target is printed.
+
+`--adapter DIR` loads an adapter saved alone by `lmforge finetune` (LoRA, QLoRA, Houlsby adapter,
+soft prompt; peft/adapter_files.py) onto the model, which must be the base it was trained on.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from lmforge.infer import SamplingParams, compile_decoding
 from lmforge.infer.generate import stream_batch
 from lmforge.models import registry
 from lmforge.models.loading import load_model_and_tokenizer
+from lmforge.peft import PromptTuned, load_adapter_merged
 from lmforge.tokenizer.chat import get_chat_template
 
 
@@ -44,6 +48,9 @@ class GenerateConfig:
     """Beam search with this many beams (encoder-decoder models); 1 = greedy or sampling."""
     length_penalty: float = 1.0
     """Beam search: a hypothesis scores log p / length^length_penalty."""
+    adapter: str | None = None
+    """A directory with adapter.json + adapter.safetensors (a `lmforge finetune` run of a
+    parameter-efficient method) to load onto the model, which must be its base."""
     compile: bool = False
     """Decode with compiled steps (infer/compiled.py; decoder models)."""
 
@@ -53,7 +60,11 @@ def main(cfg: GenerateConfig, out=None) -> list[str]:
     if not cfg.prompts:
         raise UserError("give at least one --prompt")
     model, tokenizer = load_model_and_tokenizer(cfg.model, resolve_device(cfg.device))
+    if cfg.adapter is not None:
+        model = load_adapter_merged(model, cfg.adapter)  # a different base: one-line error
     if cfg.compile:
+        if isinstance(model, PromptTuned):
+            raise UserError("--compile does not support prompt-tuned models yet; leave it out")
         compile_decoding(model)  # decoders only: a clear error for the other families
     if registry.family_of(model).name == "t5":
         return text_to_text(cfg, model, tokenizer, out)
