@@ -269,6 +269,13 @@ def main(
     model = method.prepare(setup.model, cfg, tokenizer)  # the same model, or a wrapper around it
     setup = replace(setup, model=model)
     examples = setup.examples
+    context = getattr(backbone_of(model).config, "max_seq_len", None)  # a soft prompt takes some
+    if context is not None and setup.data.max_length > context:
+        raise UserError(
+            f"inputs of up to {setup.data.max_length} tokens do not fit the {context} positions "
+            f"the {method.name} method leaves of the model's context; lower train.block_size "
+            f"to {context}"
+        )
     trainable, total = count_weights(model)
     in_memory, in_fp32 = weight_bytes(model)
     loaded_rss = peak_rss_mb()
