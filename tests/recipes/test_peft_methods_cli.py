@@ -88,7 +88,7 @@ def test_qlora_learns_over_a_4bit_base_and_saves_a_plain_model(qlora_run, gpt_di
     assert metric_records(run)[-1]["test_accuracy"] > 0.8
     report = (run / "report.md").read_text()
     assert "| model weights in memory |" in report and "(all in fp32: " in report
-    assert "| peak memory once loaded (before training) | RSS " in report
+    assert "| peak RSS: model loaded / through training and evaluation | " in report
     assert "| adapter size (adapter.safetensors) |" in report
     info = read_adapter_info(run)
     assert info["method"] == "qlora" and info["base_quantization"]["format"] == "nf4"

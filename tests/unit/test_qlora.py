@@ -162,3 +162,22 @@ def test_a_damaged_source_is_a_clear_error(tmp_path, base_dir):
         load_quantized(bad)
     with pytest.raises(UserError, match="not found"):
         load_quantized(tmp_path / "nothing")
+
+
+def test_training_through_nf4_keeps_no_full_precision_weight_for_the_backward_pass():
+    """x's gradient through an NF4 layer is that through its dequantized weight, and autograd saves
+    no weight-sized tensor: the weight is dequantized again in the backward pass."""
+    torch.manual_seed(0)
+    layer = NF4Linear(nn.Linear(128, 64))
+    dense = layer.to_linear()
+    x = torch.randn(3, 128, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+        lambda t: saved.append(t.numel()) or t, lambda t: t
+    ):
+        y = layer(x)
+    assert all(n < 128 * 64 for n in saved)  # F.linear would save the (64, 128) weight
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    x2 = x.detach().requires_grad_(True)
+    (expected,) = torch.autograd.grad(dense(x2).square().sum(), x2)
+    torch.testing.assert_close(grad, expected)

@@ -18,7 +18,8 @@ grows by the scale's own error, at most half an 8-bit step of its block:
 |w - w_hat| <= absmax * max_gap / 2 + |absmax - absmax_hat|.
 
 `NF4Linear` stores a linear layer this way, 0.5625 bytes per weight (0.516 with double
-quantization) against 4 in fp32, and dequantizes the weight at every call, in the run's precision.
+quantization) against 4 in fp32, and dequantizes the weight at every call, in the run's precision,
+and again in the backward pass rather than keeping it (`DequantizedProduct`).
 It is frozen; LoRA trains on top of it (peft/lora.py). peft/qlora.py quantizes a model's layers
 while its weights are read, so the full-precision model is never in memory at once.
 """
@@ -97,6 +98,23 @@ def dequantize_nf4(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.fl
     return weight.reshape(state["shape"].tolist()).to(dtype)
 
 
+class DequantizedProduct(torch.autograd.Function):
+    """x W^T for an `NF4Linear`'s frozen W, dequantized for the forward pass and again for the
+    backward pass instead of being saved for it: autograd would otherwise keep every layer's
+    full-precision weight until the backward pass, the memory QLoRA exists to save (bitsandbytes
+    does the same). The weight is frozen, so the backward pass gives only x's gradient, g W."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
+        ctx.layer = layer
+        return F.linear(x, layer.weight.to(x.dtype))  # (..., out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight = ctx.layer.weight.to(grad.dtype)  # (out, in), made again
+        return grad @ weight, None  # (..., in)
+
+
 class NF4Linear(nn.Module):
     """A frozen linear layer whose weight is stored in NF4; the bias (if any) stays as it was.
 
@@ -148,7 +166,8 @@ class NF4Linear(nn.Module):
         return dequantize_nf4(self.state(), self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias)
+        y = DequantizedProduct.apply(x, self)  # (..., out)
+        return y if self.bias is None else y + self.bias
 
     def storage_bytes(self) -> int:
         """Bytes held for the weight (packed indices and scales)."""

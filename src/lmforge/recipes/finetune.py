@@ -49,7 +49,8 @@ from lmforge import config as configlib
 from lmforge.data.classification import SPLITS
 from lmforge.device import resolve_device, resolve_precision
 from lmforge.errors import UserError
-from lmforge.fileio import write_text_atomic
+from lmforge.eval.forgetting import load_corpus, original_perplexity
+from lmforge.fileio import write_json_atomic, write_text_atomic
 from lmforge.models import registry
 from lmforge.models.loading import check_vocab
 from lmforge.peft import Method, get_method, save_adapter
@@ -60,6 +61,7 @@ from lmforge.tasks.base import Metrics
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.loop import TrainConfig, TrainResult, train
 from lmforge.train.metrics import MetricsLog, plot_loss_curves
+from lmforge.train.replay import ReplayBatches, replay_objective
 
 
 @dataclass
@@ -142,6 +144,40 @@ class PromptConfig:
 
 
 @dataclass
+class ReplayConfig:
+    """Replay of original-domain text during fine-tuning, against forgetting (train/replay.py)."""
+
+    alpha: float = 0.0
+    """Weight of the original-domain loss: L = alpha L_original + (1 - alpha) L_new (0 = off)."""
+    corpus: str = "shakespeare"
+    """The original-domain text replayed: shakespeare, chatterbot or text files
+    (eval/forgetting.py)."""
+    batch_size: int = 8
+    """Windows of original text per step."""
+    block_size: int = 128
+    """Tokens per window."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"replay.alpha must be in [0, 1), got {self.alpha}")
+        if self.batch_size < 1 or self.block_size < 2:
+            raise ValueError("replay.batch_size must be >= 1 and replay.block_size >= 2")
+
+
+@dataclass
+class ForgettingConfig:
+    """The original ability measured before and after fine-tuning (eval/forgetting.py)."""
+
+    measure: bool = False
+    """Perplexity of the model on held-out original-domain text, before and after."""
+    corpora: list[str] = field(default_factory=lambda: ["shakespeare", "chatterbot"])
+    tokens: int = 16384
+    """Held-out tokens scored per corpus."""
+    context: int = 256
+    """Window of the perplexity (disjoint windows)."""
+
+
+@dataclass
 class FinetuneConfig:
     model: str = ""
     """Pre-trained model: lmforge or Hugging Face directory, or a GGUF file (`--model`)."""
@@ -156,6 +192,8 @@ class FinetuneConfig:
     qlora: QLoRAConfig = field(default_factory=QLoRAConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation; `block_size` is the longest input in tokens (longer texts are truncated)."""
 
@@ -189,6 +227,9 @@ class FinetuneResult:
     peak_cuda_mb: float | None
     loaded_rss_mb: float
     """Peak resident memory once the model was loaded and prepared, before training."""
+    trained_rss_mb: float
+    """Peak resident memory through training and evaluation, before the model is saved (saving
+    a merged or dequantized model can take more)."""
     weight_bytes: int
     """Bytes the prepared model's parameters take in memory (an NF4 base: packed and scales)."""
     weight_fp32_bytes: int
@@ -201,6 +242,28 @@ class FinetuneResult:
     """Size of the saved model's weights (backbone and any head)."""
     max_length: int
     """The longest input in tokens (train.block_size, at most the model's context)."""
+    original_perplexity: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Corpus -> (perplexity before, after) with `forgetting.measure`."""
+
+    def summary(self, method: str, replay_alpha: float) -> dict:
+        """The flat record of result.json: scores, cost and forgetting (`lmforge compare` and
+        `lmforge forgetting` read it)."""
+        record: dict = {"method": method, "replay_alpha": replay_alpha, "steps": self.train.steps}
+        for split, m in self.metrics.items():
+            record.update(m.as_dict(f"{split}_"))
+        record.update(
+            trainable_params=self.trainable_params,
+            total_params=self.total_params,
+            seconds=self.seconds,
+            peak_rss_mb=self.peak_rss_mb,
+            peak_cuda_mb=self.peak_cuda_mb,
+            weight_bytes=self.weight_bytes,
+            checkpoint_bytes=self.checkpoint_bytes,
+            adapter_bytes=self.adapter_bytes,
+        )
+        for corpus, (before, after) in self.original_perplexity.items():
+            record[f"{corpus}_ppl_before"], record[f"{corpus}_ppl_after"] = before, after
+        return record
 
 
 # -------------------------------------------------------------------------------------- config
@@ -248,6 +311,10 @@ def load_config(
     return build_config(raw)
 
 
+RESULT_FILE = "result.json"
+"""The run's scores and cost as one flat JSON object (`FinetuneResult.summary`)."""
+
+
 # ---------------------------------------------------------------------------------------- run
 def main(
     cfg: FinetuneConfig, out: str | Path, resume: bool = False, show_progress: bool = True
@@ -276,6 +343,7 @@ def main(
             f"the {method.name} method leaves of the model's context; lower train.block_size "
             f"to {context}"
         )
+    corpora = original_corpora(cfg, tokenizer, family, method)  # replay, forgetting.measure
     trainable, total = count_weights(model)
     in_memory, in_fp32 = weight_bytes(model)
     loaded_rss = peak_rss_mb()
@@ -294,18 +362,31 @@ def main(
 
     feature_seconds = 0.0
     train_model: nn.Module = model
-    train_data = setup.data
+    eval_data = setup.data
     if method.cached_features:
         t0 = time.perf_counter()
         cached = task.cache_features(setup, device, dtype, show_progress)
         if cached is not None:  # else the frozen backbone runs at every step
-            train_model, train_data = cached
+            train_model, eval_data = cached
         feature_seconds = time.perf_counter() - t0
+    perplexity_before = measure_original(cfg, model, tokenizer, corpora, device)
+    objective, train_data = task.loss, eval_data
+    if cfg.replay.alpha > 0:
+        objective = replay_objective(task.loss, cfg.replay.alpha)
+        original = corpora[cfg.replay.corpus].token_data(backbone_of(model).config.vocab_size)
+        if original.num_tokens("val") <= cfg.replay.block_size:
+            raise UserError(
+                f"replay corpus {cfg.replay.corpus} is too short for windows of "
+                f"{cfg.replay.block_size} tokens; lower replay.block_size or add text"
+            )
+        train_data = ReplayBatches(
+            eval_data, original, cfg.replay.batch_size, cfg.replay.block_size
+        )
     max_length = setup.data.max_length
     train_cfg = replace(cfg.train, block_size=max_length)
     result = train(
         train_model,
-        task.loss,
+        objective,
         train_data,
         train_cfg,
         run_dir,
@@ -313,12 +394,16 @@ def main(
         show_progress=show_progress,
     )
 
-    metrics = {s: task.evaluate(train_model, train_data, s, device, dtype) for s in ("val", "test")}
+    metrics = {s: task.evaluate(train_model, eval_data, s, device, dtype) for s in ("val", "test")}
+    perplexity_after = measure_original(cfg, model, tokenizer, corpora, device)
     final = {"step": result.steps}
     for split, m in metrics.items():
         final.update(m.as_dict(f"{split}_"))
+    for corpus, after in perplexity_after.items():
+        final[f"{corpus}_ppl_after"] = after
     MetricsLog(run_dir / "metrics.jsonl", resume_step=result.steps).log(final)
 
+    trained_rss = peak_rss_mb()
     model.to("cpu").eval()
     if method.adapter_settings is not None:  # what the method trained, alone
         settings = {**method.adapter_settings(cfg), "base_model": str(cfg.model)}
@@ -346,19 +431,49 @@ def main(
             torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         ),
         loaded_rss_mb=loaded_rss,
+        trained_rss_mb=trained_rss,
         weight_bytes=in_memory,
         weight_fp32_bytes=in_fp32,
         checkpoint_bytes=_size(latest / "model.safetensors") if latest else 0,
         adapter_bytes=_size(run_dir / "adapter.safetensors") if method.adapter_settings else 0,
         saved_bytes=sum(_size(run_dir / w) for w in weights),
         max_length=max_length,
+        original_perplexity={
+            c: (perplexity_before[c], perplexity_after[c]) for c in perplexity_after
+        },
     )
     write_report(run_dir, cfg, method, task, family, setup, out_result, dtype)
+    write_json_atomic(run_dir / RESULT_FILE, out_result.summary(method.name, cfg.replay.alpha))
     print(
         f"done: {result.steps} steps, val {metrics['val'].summary()}, "
         f"test {metrics['test'].summary()} -> {run_dir}"
     )
     return out_result
+
+
+def original_corpora(cfg: FinetuneConfig, tokenizer, family: str, method: Method) -> dict:
+    """Name -> the original-domain corpora that replay and the forgetting measure need."""
+    names = list(cfg.forgetting.corpora) if cfg.forgetting.measure else []
+    if cfg.replay.alpha > 0:
+        if method.cached_features:
+            raise UserError("replay needs a backbone that trains; the feature method freezes it")
+        names.append(cfg.replay.corpus)
+    if names and family != "gpt":
+        raise UserError(f"replay and forgetting.measure need a decoder (gpt); this is {family}")
+    return {name: load_corpus(name, tokenizer) for name in dict.fromkeys(names)}
+
+
+def measure_original(
+    cfg: FinetuneConfig, model: nn.Module, tokenizer, corpora: dict, device: torch.device
+) -> dict[str, float]:
+    """Corpus -> perplexity of the task model's backbone on held-out original-domain text."""
+    if not cfg.forgetting.measure:
+        return {}
+    f = cfg.forgetting
+    chosen = [corpora[name] for name in dict.fromkeys(f.corpora)]
+    return original_perplexity(
+        backbone_of(model), tokenizer, chosen, f.tokens, f.context, device, cfg.train.precision
+    )
 
 
 def load_backbone(
@@ -450,7 +565,8 @@ def write_report(
         f"| wall time | {r.seconds:.1f} s (training {r.train.seconds:.1f} s, "
         f"features {r.feature_seconds:.1f} s) |",
         f"| peak memory | RSS {r.peak_rss_mb:,.0f} MiB; CUDA {cuda} |",
-        f"| peak memory once loaded (before training) | RSS {r.loaded_rss_mb:,.0f} MiB |",
+        f"| peak RSS: model loaded / through training and evaluation | "
+        f"{r.loaded_rss_mb:,.0f} MiB / {r.trained_rss_mb:,.0f} MiB |",
         f"| model weights in memory | {_weights(r.weight_bytes, r.weight_fp32_bytes)} |",
         f"| checkpoint size (trained weights) | {_human_bytes(r.checkpoint_bytes)} |",
         *(
@@ -462,6 +578,7 @@ def write_report(
         "",
         "![loss curve](loss.png)",
         "",
+        *forgetting_section(cfg, r),
         "## Data",
         "",
         f"- source: {src.get('name')} (`{src.get('path')}`)"
@@ -482,3 +599,31 @@ def write_report(
         "",
     ]
     write_text_atomic(run_dir / "report.md", "\n".join(lines))
+
+
+def forgetting_section(cfg: FinetuneConfig, r: FinetuneResult) -> list[str]:
+    """The report's "Original ability" section: perplexity before and after, and the replay."""
+    if not r.original_perplexity and cfg.replay.alpha == 0:
+        return []
+    rp = cfg.replay
+    lines = ["## Original ability", ""]
+    if rp.alpha > 0:
+        lines += [
+            f"Replay: every step also trained on {rp.batch_size} windows of {rp.block_size} tokens "
+            f"of `{rp.corpus}`, loss = {rp.alpha} x L_original + {1 - rp.alpha:g} x L_new.",
+            "",
+        ]
+    if r.original_perplexity:
+        lines += [
+            f"Perplexity on {cfg.forgetting.tokens:,} held-out tokens of each original-domain "
+            f"corpus (disjoint windows of {cfg.forgetting.context}; eval/forgetting.py):",
+            "",
+            "| corpus | before | after | change |",
+            "|---|---|---|---|",
+            *(
+                f"| {c} | {b:.3f} | {a:.3f} | {100 * (a / b - 1):+.1f}% |"
+                for c, (b, a) in r.original_perplexity.items()
+            ),
+            "",
+        ]
+    return lines
