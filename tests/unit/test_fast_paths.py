@@ -44,6 +44,24 @@ def test_linear_cross_entropy_default_paths_agree_with_cross_entropy(rows):
     assert linear_cross_entropy(h, w, everything_ignored).item() == 0.0
 
 
+def test_fused_cross_entropy_under_bf16_autocast_matches_the_plain_path():
+    """Under autocast the chunked products run in bf16 and the weight gradient still sums in fp32
+    (it used to come out bf16 from the first chunk and fail to accumulate the next)."""
+    torch.manual_seed(0)
+    h = torch.randn(200, 16, requires_grad=True)
+    w = torch.randn(1000, 16, requires_grad=True)
+    t = torch.randint(0, 1000, (200,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(F.linear(h, w).float(), t)
+        ours = linear_cross_entropy(h, w, t, chunk_rows=64)  # four chunks
+    assert ours.dtype == torch.float32
+    grads = torch.autograd.grad(ours, (h, w))
+    assert [g.dtype for g in grads] == [torch.float32, torch.float32]
+    torch.testing.assert_close(ours, ref, atol=2e-2, rtol=2e-2)
+    for got, want in zip(grads, torch.autograd.grad(ref, (h, w))):
+        assert (got - want).norm() / want.norm() < 2e-2
+
+
 def test_fused_cross_entropy_without_grad():
     h, w, t = torch.randn(10, 8), torch.randn(11, 8), torch.randint(0, 11, (10,))
     with torch.no_grad():
