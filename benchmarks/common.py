@@ -21,15 +21,31 @@ def machine() -> str:
                     break
     except OSError:
         pass
-    return (
+    desc = (
         f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
     )
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        desc += (
+            f"; GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+            f"{props.multi_processor_count} SMs, CUDA {torch.version.cuda}"
+        )
+    return desc
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work (a no-op where CUDA was never used)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of fn(), GPU work included."""
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
