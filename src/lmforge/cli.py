@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "finetune",
-        help="fine-tune a model for a task (classify, tag, qa, text2text) with a method (full, "
+        help="fine-tune a model for a task (classify, tag, qa, text2text, sft) with a method (full, "
         "feature, lora, qlora, adapter, prompt)",
         description="Fine-tune a pre-trained model. Any config field can be set as "
         "--section.key=value, e.g. --train.max_steps=300 --data.train_subset=2000 "
@@ -136,17 +136,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         help="classify (sequence classification; the default), tag (BIO token classification), "
-        "qa (extractive question answering) or text2text (t5 / gpt, task prefixes)",
+        "qa (extractive question answering), text2text (t5 / gpt, task prefixes) or sft "
+        "(instruction / chat fine-tuning of a decoder on conversations)",
     )
     p.add_argument(
         "--data",
         help="a built-in source (classify: rotten-tomatoes; tag: shakespeare-names; qa: "
-        "shakespeare-speakers; text2text: shakespeare-modern, shakespeare-lead) or a data file",
+        "shakespeare-speakers; text2text: shakespeare-modern, shakespeare-lead; sft: "
+        "instructions, chatterbot) or a data file",
     )
     p.add_argument("--config", help="YAML run file (model, method, task, data, head, train)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
+        "compare",
+        help="compare adaptation methods on one classification task (table and plot)",
+        description="Run zero-shot and few-shot prompting and each fine-tuning method on the same "
+        "data and test split, each in its own process; write comparison.md and comparison.png. "
+        "Extra --section.key=value options go to every fine-tuning run.",
+    )
+    p.add_argument("--model", required=True, help="pre-trained decoder (directory or GGUF file)")
+    p.add_argument("--data", default="rotten-tomatoes", help="classification data (default "
+                   "rotten-tomatoes) or a .jsonl / .csv file")  # fmt: skip
+    p.add_argument("--out", required=True, help="directory of the comparison and its runs")
+    p.add_argument(
+        "--methods",
+        default="zero-shot,few-shot,feature,prompt,adapter,lora,qlora,full",
+        help="rows, comma-separated (default: all eight)",
+    )
+    p.add_argument("--shots", type=int, default=4, help="demonstrations of the few-shot row")
+    p.add_argument("--train-subset", type=int, default=1000, help="training examples (0 = all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "forgetting",
+        help="measure forgetting and replay: new-task accuracy against original perplexity",
+        description="Fine-tune for classification with each method and replay weight alpha, "
+        "measuring perplexity on held-out original-domain text before and after; write "
+        "forgetting.md and forgetting.png. Extra --section.key=value options go to every run.",
+    )
+    p.add_argument("--model", required=True, help="pre-trained decoder (directory or GGUF file)")
+    p.add_argument("--data", default="rotten-tomatoes", help="classification data")
+    p.add_argument("--out", required=True, help="directory of the report and its runs")
+    p.add_argument("--methods", default="lora,full", help="methods, comma-separated")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75", help="replay weights, comma-separated")
+    p.add_argument("--corpora", default="shakespeare,chatterbot",
+                   help="original-domain corpora measured (or text files)")  # fmt: skip
+    p.add_argument("--replay-corpus", default="shakespeare", help="original text replayed")
+    p.add_argument("--train-subset", type=int, default=1000, help="training examples (0 = all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser("classify", help="label texts with a classifier from `lmforge finetune`")
     p.add_argument("--model", required=True, help="run directory of `lmforge finetune`")
@@ -198,6 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-eos-prefix", action="store_true", help="do not score the first token")
     e.add_argument("--json", action="store_true", help="print a JSON object")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = esub.add_parser(
+        "classify", help="zero- or few-shot classification by prompting (no training)"
+    )
+    e.add_argument("--model", required=True, help="decoder model directory or GGUF file")
+    e.add_argument("--data", default="rotten-tomatoes", help="classification data or file")
+    e.add_argument("--shots", type=int, default=0, help="demonstrations per prompt (default 0)")
+    e.add_argument("--split", default="test", help="train, val or test (default test)")
+    e.add_argument("--limit", type=int, default=0, help="score only the first N examples")
+    e.add_argument("--seed", type=int, default=0, help="seed of the demonstrations' draw")
+    e.add_argument("--instruction", default="", help="the prompt's first line")
+    e.add_argument(
+        "--verbalizer", action="append", default=[], metavar="LABEL=WORD",
+        help="the word naming a label in the prompt (repeatable)",
+    )  # fmt: skip
+    e.add_argument("--max-text-tokens", type=int, default=96, help="each text cut to this")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--out", help="directory for report.md and result.json")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "convert",
@@ -234,8 +292,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _names(text: str) -> list[str]:
+    """ "a, b,c" -> ["a", "b", "c"]."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(f"{option} takes numbers, got {text!r}") from None
+
+
+def _pairs(items: list[str], option: str) -> dict[str, str]:
+    """["a=x", "b=y"] -> {"a": "x", "b": "y"}."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UserError(f"{option} takes LABEL=WORD, got {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    if extra and args.command not in ("pretrain", "finetune"):
+    if extra and args.command not in ("pretrain", "finetune", "compare", "forgetting"):
         raise UserError(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "quickstart":
         from lmforge.recipes import quickstart
@@ -307,6 +388,57 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         from lmforge.recipes import fill_mask
 
         fill_mask.main(fill_mask.FillMaskConfig(args.model, args.text, args.top_k, args.device))
+    elif args.command == "eval" and args.action == "classify":
+        from lmforge.recipes import prompt_classify
+
+        prompt_classify.main(
+            prompt_classify.PromptClassifyConfig(
+                args.model,
+                prompt_classify.ClassifyDataConfig(source=args.data),
+                shots=args.shots,
+                split=args.split,
+                limit=args.limit,
+                seed=args.seed,
+                instruction=args.instruction,
+                verbalizers=_pairs(args.verbalizer, "--verbalizer"),
+                max_text_tokens=args.max_text_tokens,
+                device=args.device,
+                out=args.out,
+                progress=not args.no_progress,
+            )
+        )
+    elif args.command == "compare":
+        from lmforge.recipes import compare
+
+        compare.main(
+            compare.CompareConfig(
+                args.model,
+                args.out,
+                args.data,
+                _names(args.methods),
+                args.shots,
+                args.train_subset,
+                extra,
+                not args.no_progress,
+            )
+        )
+    elif args.command == "forgetting":
+        from lmforge.recipes import forgetting
+
+        forgetting.main(
+            forgetting.ForgettingSweepConfig(
+                args.model,
+                args.out,
+                args.data,
+                _names(args.methods),
+                [_number(a, "--alphas") for a in _names(args.alphas)],
+                _names(args.corpora),
+                args.replay_corpus,
+                args.train_subset,
+                extra,
+                not args.no_progress,
+            )
+        )
     elif args.command == "eval":
         from lmforge.recipes import eval as eval_recipe
 
