@@ -56,3 +56,22 @@ def test_replay_bad_settings_are_one_line(tmp_path, trained_run, reviews, capsys
         "unknown original-domain corpus 'nowhere.txt'",
     )
     cli_fails([*base, *out, "--method", "feature", "--replay.alpha=0.3"], capsys, "feature method")
+
+
+def test_forgetting_sweep_writes_its_report(tmp_path, trained_run, reviews, text_file, capsys):
+    out = tmp_path / "sweep"
+    args = [
+        "forgetting", "--model", str(trained_run), "--data", str(reviews), "--out", str(out),
+        "--methods", "full", "--alphas", "0,0.5", "--corpora", str(text_file),
+        "--replay-corpus", str(text_file), "--train-subset", "0", "--no-progress",
+        "--train.max_steps=10", "--train.device=cpu", "--forgetting.context=32",
+        "--forgetting.tokens=1000", "--replay.block_size=32",
+    ]  # fmt: skip
+    assert cli(args) == 0
+    table = (out / "forgetting.md").read_text()
+    assert "| full-alpha0 | full | 0 |" in table and "| full-alpha0.5 | full | 0.5 |" in table
+    assert f"{text_file.name} perplexity before -> after" in table
+    assert (out / "forgetting.png").stat().st_size > 10_000
+    capsys.readouterr()
+    assert cli(args) == 0 and capsys.readouterr().out.count("already done") == 2
+    cli_fails([*args[:7], "--alphas", "0,1.5"], capsys, "every alpha must be in [0, 1)")

@@ -31,15 +31,19 @@ def model_and_tokenizer():
     return tiny_gpt("llama-tiny", tokenizer.vocab_size, max_seq_len=256).eval(), tokenizer
 
 
-def test_scores_are_the_verbalizers_log_likelihoods(splits, model_and_tokenizer):
+@pytest.mark.parametrize("words", [("negative", "positive"), ("neg", "pos")])
+def test_scores_are_the_verbalizers_log_likelihoods(splits, model_and_tokenizer, words):
+    """Multi-token verbalizers (one row per label) and one-token ones (one row per text)."""
     model, tokenizer = model_and_tokenizer
-    fmt = prompt_format(["bad", "good"], 2, verbalizers={"bad": "negative", "good": "positive"})
+    one_token = all(len(tokenizer.encode(" " + w)) == 1 for w in words)
+    assert one_token == (words[0] == "neg")  # both scoring paths are exercised
+    fmt = prompt_format(["bad", "good"], 2, verbalizers=dict(zip(["bad", "good"], words)))
     classifier = PromptClassifier(model, tokenizer, fmt, draw_demonstrations(splits, 2, 0))
     texts = ["great acting", "a dull plot indeed"]
     scores = classifier.scores(texts, torch.device("cpu"), torch.float32, progress=False)
     for i, text in enumerate(texts):
         prompt = tokenizer.encode(classifier.prompt(text))
-        for c, word in enumerate(["negative", "positive"]):
+        for c, word in enumerate(words):
             verbalizer = tokenizer.encode(" " + word)
             ids = torch.tensor([prompt + verbalizer])
             with torch.no_grad():

@@ -23,7 +23,9 @@ Demonstrations come from the training split, drawn by seed and balanced over the
 robin over a shuffled list per label), and are the same for every text, as in GPT-3's evaluation.
 Texts are cut to `max_text_tokens` tokens. Scoring runs every (text, label) continuation as one row
 of a right-padded batch (causal attention keeps real tokens from seeing the padding) and projects
-only the verbalizer positions to the vocabulary (eval/perplexity.py `token_nll`).
+only the verbalizer positions to the vocabulary (eval/perplexity.py `token_nll`). When every
+verbalizer is one token, one row per text suffices: the distribution after the prompt scores all
+labels at once (the same numbers for a fraction of the work).
 """
 
 from __future__ import annotations
@@ -142,20 +144,32 @@ class PromptClassifier:
         """Log-likelihood of every label's verbalizer after every text's prompt: (N, labels)."""
         model = self.model.to(device).eval()
         prompts = [self.tokenizer.encode(self.prompt(t)) for t in texts]
-        rows = [(i, c) for i in range(len(texts)) for c in range(len(self.verbalizer_ids))]
-        rows.sort(key=lambda r: len(prompts[r[0]]) + len(self.verbalizer_ids[r[1]]))
-        context = model.config.max_seq_len
+        one_token = all(len(v) == 1 for v in self.verbalizer_ids)
+        labels = [None] if one_token else range(len(self.verbalizer_ids))
+        rows = [(i, c) for i in range(len(texts)) for c in labels]
+        rows.sort(key=lambda r: len(prompts[r[0]]))
         out = torch.empty(len(texts), len(self.verbalizer_ids))
         starts = range(0, len(rows), ROWS_PER_BATCH)
         for start in tqdm(starts, desc="prompting", unit="batch", disable=not progress):
             batch = rows[start : start + ROWS_PER_BATCH]
-            sequences = [prompts[i] + self.verbalizer_ids[c] for i, c in batch]
-            if max(len(s) for s in sequences) > context:
+            sequences = [
+                prompts[i] + ([] if c is None else self.verbalizer_ids[c]) for i, c in batch
+            ]
+            longest = max(len(s) for s in sequences) + one_token  # + the label token
+            if longest > model.config.max_seq_len:
                 raise UserError(
-                    f"a prompt of {max(len(s) for s in sequences)} tokens exceeds the model's "
-                    f"context of {context}; use fewer shots or a smaller max_text_tokens"
+                    f"a prompt of {longest} tokens exceeds the model's context of "
+                    f"{model.config.max_seq_len}; use fewer shots or a smaller max_text_tokens"
                 )
             ids, _ = pad_right(sequences, 0)  # (B, T)
+            if one_token:  # every label scored from the last position's distribution
+                with autocast(device, dtype):
+                    hidden = model(ids.to(device), return_hidden=True)  # (B, T, C)
+                last = hidden[torch.arange(len(batch)), [len(s) - 1 for s in sequences]]  # (B, C)
+                logp = model.lm_head(last).float().log_softmax(-1)  # (B, V)
+                words = torch.tensor([v[0] for v in self.verbalizer_ids], device=logp.device)
+                out[[i for i, _ in batch]] = logp[:, words].cpu()
+                continue
             with autocast(device, dtype):
                 hidden = model(ids[:, :-1].to(device), return_hidden=True)  # (B, T - 1, C)
             for b, (i, c) in enumerate(batch):

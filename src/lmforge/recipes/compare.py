@@ -82,25 +82,33 @@ def main(cfg: CompareConfig) -> dict[str, dict]:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
     for row in cfg.methods:
-        row_dir = out / row
-        result = read_result(row_dir)
-        if result is None:
-            print(f"[{row}] {' '.join(row_command(cfg, row, row_dir))}", flush=True)
-            started = time.perf_counter()
-            done = subprocess.run(row_command(cfg, row, row_dir))
-            if done.returncode != 0:
-                raise UserError(f"row {row} failed (exit {done.returncode}); see its output above")
-            result = read_result(row_dir)
-            if result is None:
-                raise UserError(f"row {row} wrote no {RESULT_FILE} in {row_dir}")
-            print(f"[{row}] done in {time.perf_counter() - started:.0f} s", flush=True)
-        else:
-            print(f"[{row}] already done ({row_dir / RESULT_FILE})")
-        results[row] = result
+        results[row] = run_once(row, row_command(cfg, row, out / row), out / row)
         write_text_atomic(out / "comparison.md", comparison_table(cfg, results))
         plot_comparison(results, out / "comparison.png")
     print(f"comparison -> {out / 'comparison.md'}")
     return results
+
+
+def run_once(name: str, command: list[str], run_dir: Path) -> dict:
+    """The result of `command`, which writes run_dir/result.json: read back if it is there, else
+    run in a child process (resuming the run from its checkpoints if a killed one left some)."""
+    result = read_result(run_dir)
+    if result is not None:
+        print(f"[{name}] already done ({run_dir / RESULT_FILE})")
+        return result
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        command = [*command, "--resume"]
+    print(f"[{name}] {' '.join(command)}", flush=True)
+    started = time.perf_counter()
+    done = subprocess.run(command)
+    if done.returncode != 0:
+        raise UserError(f"{name} failed (exit {done.returncode}); see its output above")
+    result = read_result(run_dir)
+    if result is None:
+        raise UserError(f"{name} wrote no {RESULT_FILE} in {run_dir}")
+    print(f"[{name}] done in {time.perf_counter() - started:.0f} s", flush=True)
+    return result
 
 
 def _size(n: float) -> str:

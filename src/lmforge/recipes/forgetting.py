@@ -13,14 +13,13 @@ result.json exists are not repeated, so a killed sweep resumes.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import UserError
 from lmforge.fileio import write_text_atomic
-from lmforge.recipes.compare import read_result
+from lmforge.recipes.compare import run_once
 from lmforge.recipes.finetune import ForgettingConfig
 
 
@@ -55,23 +54,16 @@ def main(cfg: ForgettingSweepConfig) -> dict[str, dict]:
         for alpha in cfg.alphas:
             name = run_name(method, alpha)
             run_dir = out / name
-            result = read_result(run_dir)
-            if result is None:
-                command = [
-                    sys.executable, "-m", "lmforge", "finetune", "--model", cfg.model,
-                    "--method", method, "--task", "classify", "--data", cfg.data,
-                    "--out", str(run_dir), "--forgetting.measure=true",
-                    f"--forgetting.corpora={','.join(cfg.corpora)}",
-                    f"--replay.alpha={alpha}", f"--replay.corpus={cfg.replay_corpus}",
-                    *([f"--data.train_subset={cfg.train_subset}"] if cfg.train_subset else []),
-                    *cfg.overrides, *([] if cfg.progress else ["--no-progress"]),
-                ]  # fmt: skip
-                print(f"[{name}] {' '.join(command)}", flush=True)
-                if subprocess.run(command).returncode != 0:
-                    raise UserError(f"run {name} failed; see its output above")
-                result = read_result(run_dir)
-                if result is None:
-                    raise UserError(f"run {name} wrote no result.json in {run_dir}")
+            command = [
+                sys.executable, "-m", "lmforge", "finetune", "--model", cfg.model,
+                "--method", method, "--task", "classify", "--data", cfg.data,
+                "--out", str(run_dir), "--forgetting.measure=true",
+                f"--forgetting.corpora={','.join(cfg.corpora)}",
+                f"--replay.alpha={alpha}", f"--replay.corpus={cfg.replay_corpus}",
+                *([f"--data.train_subset={cfg.train_subset}"] if cfg.train_subset else []),
+                *cfg.overrides, *([] if cfg.progress else ["--no-progress"]),
+            ]  # fmt: skip
+            result = run_once(name, command, run_dir)
             results[name] = result
             write_text_atomic(out / "forgetting.md", forgetting_table(cfg, results))
             plot_forgetting(cfg, results, out / "forgetting.png")
