@@ -59,6 +59,7 @@ def test_a_prompt_of_real_embeddings_equals_those_tokens_before_the_input(preset
     torch.testing.assert_close(tuned(x), expected, atol=1e-6, rtol=1e-5)
     assert tuned(x).shape == (2, 9, VOCAB)
     assert tuned.config.max_seq_len == model.config.max_seq_len - 4
+    assert tuned.num_params() == sum(p.numel() for p in tuned.parameters())
 
 
 def test_text_initialisation_repeats_the_text_and_vocab_samples_common_tokens():

@@ -143,7 +143,8 @@ class PromptTuned(nn.Module):
         )
 
     def num_params(self, non_embedding: bool = False) -> int:
-        return self.base.num_params(non_embedding) + self.prompt.numel()
+        """The base's count, which includes the soft prompt (a parameter of its embedding)."""
+        return self.base.num_params(non_embedding)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         return self.base.flops_per_token(seq_len)
