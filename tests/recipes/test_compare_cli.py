@@ -60,3 +60,4 @@ def test_compare_writes_every_row_and_resumes(setup, tmp_path, capsys):
     assert cli(args) == 0  # everything done: nothing runs again
     assert capsys.readouterr().out.count("already done") == 4
     cli_fails([*args[:7], "--methods", "zero-shot,magic"], capsys, "unknown row 'magic'")
+    cli_fails([*args, "--data.split_seed=3"], capsys, "every row must see the same data")

@@ -73,6 +73,12 @@ def read_result(row_dir: Path) -> dict | None:
 
 
 def main(cfg: CompareConfig) -> dict[str, dict]:
+    split_options = [o for o in cfg.overrides if o.startswith("--data.")]
+    if split_options:
+        raise UserError(
+            f"{split_options[0]}: every row must see the same data and test split, and the "
+            "prompting rows take no --data options; use --data and --train-subset"
+        )
     unknown = [m for m in cfg.methods if m not in ROWS]
     if unknown:
         raise UserError(f"unknown row {unknown[0]!r}; choose from: {', '.join(ROWS)}")
