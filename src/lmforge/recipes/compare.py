@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import UserError
-from lmforge.fileio import write_text_atomic
+from lmforge.fileio import atomic_path, write_text_atomic
 from lmforge.recipes.finetune import RESULT_FILE
 
 PROMPTING = ("zero-shot", "few-shot")
@@ -168,7 +168,6 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
     axes[0].set_ylabel("test accuracy, %")
     fig.suptitle("Accuracy and cost of each adaptation method")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)

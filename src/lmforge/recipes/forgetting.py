@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.errors import UserError
-from lmforge.fileio import write_text_atomic
+from lmforge.fileio import atomic_path, write_text_atomic
 from lmforge.recipes.compare import run_once
 from lmforge.recipes.finetune import ForgettingConfig
 
@@ -137,7 +137,6 @@ def plot_forgetting(cfg: ForgettingSweepConfig, results: dict[str, dict], path: 
         ax.legend()
     fig.suptitle("Forgetting against new-task accuracy, by replay weight alpha")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    tmp.replace(path)
