@@ -32,7 +32,7 @@ import bz2
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +118,23 @@ def read_labelled_file(
         texts.append(text.strip())
         labels.append(str(label).strip())
     return texts, labels, {"name": path.name, "path": str(path)}
+
+
+def read_jsonl_file(path: str | Path, builtin: Iterable[str], unit: str = "examples") -> list[dict]:
+    """The rows of a user's JSON Lines data file, after the checks every reader makes: it
+    exists (else the built-in names are offered), is a file, is .jsonl / .json, holds rows."""
+    path = Path(path)
+    if not path.exists():
+        known = ", ".join(builtin)
+        raise UserError(f"data file not found: {path}; pass a .jsonl file or one of: {known}")
+    if path.is_dir():
+        raise UserError(f"expected a .jsonl file but {path} is a directory")
+    if not path.name.lower().endswith((".jsonl", ".json")):
+        raise UserError(f"unknown data format of {path}: use .jsonl (one JSON object per line)")
+    rows = _read_jsonl(path)
+    if not rows:
+        raise UserError(f"data file {path} holds no {unit}")
+    return rows
 
 
 def _read_jsonl(path: Path) -> list[dict]:

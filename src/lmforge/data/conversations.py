@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from lmforge.data.classification import SPLITS, _read_jsonl
+from lmforge.data.classification import SPLITS, read_jsonl_file
 from lmforge.data.instructions import GENERATION_SEED, KINDS, generate_instructions
 from lmforge.data.sources import SOURCES, fetch, source_record
 from lmforge.data.splits import split_indices
@@ -77,17 +77,7 @@ def read_conversation_file(
 ) -> tuple[list[Conversation], list[str | None], dict]:
     """(conversations, kinds, source record) of a JSON Lines file of {messages_field: [...]}."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(
-            f"data file not found: {path}; pass a .jsonl file or one of: {', '.join(BUILTIN)}"
-        )
-    if path.is_dir():
-        raise UserError(f"expected a .jsonl file but {path} is a directory")
-    if not path.name.lower().endswith((".jsonl", ".json")):
-        raise UserError(f"unknown data format of {path}: use .jsonl (one JSON object per line)")
-    rows = _read_jsonl(path)
-    if not rows:
-        raise UserError(f"data file {path} holds no conversations")
+    rows = read_jsonl_file(path, BUILTIN, "conversations")
     conversations, kinds = [], []
     for i, row in enumerate(rows, start=1):
         where = f"{path} row {i}"

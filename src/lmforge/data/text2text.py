@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.data.classification import SPLITS, IndexedBatches, _read_jsonl, pad_right
+from lmforge.data.classification import SPLITS, IndexedBatches, pad_right, read_jsonl_file
 from lmforge.data.shakespeare_pairs import (
     ARCHAIC_WORDS,
     GENERATION_SEED,
@@ -126,16 +126,7 @@ def read_pair_file(
 ) -> tuple[list[tuple[str, str]], dict]:
     """(pairs, source record) of a JSON Lines file of {source_field: ..., target_field: ...}."""
     path = Path(path)
-    if not path.exists():
-        known = ", ".join(BUILTIN)
-        raise UserError(f"data file not found: {path}; pass a .jsonl file or one of: {known}")
-    if path.is_dir():
-        raise UserError(f"expected a .jsonl file but {path} is a directory")
-    if not path.name.lower().endswith((".jsonl", ".json")):
-        raise UserError(f"unknown data format of {path}: use .jsonl (one JSON object per line)")
-    rows = _read_jsonl(path)
-    if not rows:
-        raise UserError(f"data file {path} holds no examples")
+    rows = read_jsonl_file(path, BUILTIN)
     pairs = []
     for i, row in enumerate(rows, start=1):
         values = []
