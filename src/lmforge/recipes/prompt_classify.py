@@ -14,14 +14,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lmforge.data.classification import load_labelled_splits
 from lmforge.device import resolve_device, resolve_precision
 from lmforge.errors import UserError
 from lmforge.eval.prompting import PromptClassifier, draw_demonstrations, prompt_format
 from lmforge.fileio import write_json_atomic, write_text_atomic
 from lmforge.models import registry
 from lmforge.recipes.finetune import RESULT_FILE, load_backbone, peak_rss_mb
-from lmforge.tasks.classify import ClassifyDataConfig
+from lmforge.tasks.classify import ClassifyDataConfig, labelled_splits
 
 __all__ = ["ClassifyDataConfig", "PromptClassifyConfig", "main"]
 
@@ -60,15 +59,7 @@ def main(cfg: PromptClassifyConfig) -> dict:
     if family != "gpt":
         raise UserError(f"prompting needs a decoder (gpt) model; {cfg.model} is a {family} model")
     d = cfg.data
-    splits = load_labelled_splits(
-        d.source,
-        text_field=d.text_field,
-        label_field=d.label_field,
-        labels=d.labels,
-        seed=d.split_seed,
-        val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction,
-    )
+    splits = labelled_splits(d)
     fmt = prompt_format(
         splits.label_names,
         cfg.shots,

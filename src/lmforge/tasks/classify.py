@@ -15,7 +15,12 @@ from pathlib import Path
 
 import torch
 
-from lmforge.data.classification import FRAMINGS, TokenBatches, load_labelled_splits
+from lmforge.data.classification import (
+    FRAMINGS,
+    LabelledSplits,
+    TokenBatches,
+    load_labelled_splits,
+)
 from lmforge.eval.classification import ClassificationMetrics, classification_metrics, predict
 from lmforge.models import registry
 from lmforge.models.heads import SequenceClassifier, save_classifier
@@ -35,6 +40,21 @@ class ClassifyDataConfig(SplitDataConfig):
     """The label set in index order (default: the sorted labels of the data)."""
 
 
+def labelled_splits(d: ClassifyDataConfig) -> LabelledSplits:
+    """The examples of a `data` section, split: what the task trains and scores on (and what
+    prompting, recipes/prompt_classify.py, scores on)."""
+    return load_labelled_splits(
+        d.source,
+        text_field=d.text_field,
+        label_field=d.label_field,
+        labels=d.labels,
+        seed=d.split_seed,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        train_subset=d.train_subset,
+    )
+
+
 class ClassifyTask(Task):
     name = "classify"
     description = "sequence classification: a head on pooled features; accuracy and macro F1"
@@ -43,17 +63,7 @@ class ClassifyTask(Task):
     def setup(self, backbone, tokenizer, cfg) -> TaskSetup:
         """The data split and tokenized as the backbone's family frames text, and a head with one
         output per label."""
-        d = cfg.data
-        splits = load_labelled_splits(
-            d.source,
-            text_field=d.text_field,
-            label_field=d.label_field,
-            labels=d.labels,
-            seed=d.split_seed,
-            val_fraction=d.val_fraction,
-            test_fraction=d.test_fraction,
-            train_subset=d.train_subset,
-        )
+        splits = labelled_splits(cfg.data)
         family = registry.family_of(backbone).name
         framing = FRAMINGS[family](tokenizer, backbone.config)
         max_length = min(cfg.train.block_size, backbone.config.max_seq_len)  # longer texts are cut
