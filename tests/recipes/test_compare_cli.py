@@ -61,3 +61,18 @@ def test_compare_writes_every_row_and_resumes(setup, tmp_path, capsys):
     assert capsys.readouterr().out.count("already done") == 4
     cli_fails([*args[:7], "--methods", "zero-shot,magic"], capsys, "unknown row 'magic'")
     cli_fails([*args, "--data.split_seed=3"], capsys, "every row must see the same data")
+
+
+def test_comparison_table_reports_gpu_memory_for_cuda_rows():
+    from lmforge.recipes.compare import CompareConfig, comparison_table
+
+    row = dict(
+        test_accuracy=0.8, test_macro_f1=0.79, trainable_params=10, total_params=1000,
+        seconds=12.0, checkpoint_bytes=0,
+    )  # fmt: skip
+    cfg = CompareConfig(model="m.gguf", out="runs/cmp")
+    on_cpu = comparison_table(cfg, {"lora": {**row, "peak_rss_mb": 900.0}})
+    assert "| 900 MiB |" in on_cpu and "resident set size" in on_cpu
+    cuda = {**row, "peak_rss_mb": 900.0, "peak_cuda_mb": 321.0}
+    on_gpu = comparison_table(cfg, {"lora": cuda})
+    assert "| 321 MiB |" in on_gpu and "CUDA memory allocated" in on_gpu

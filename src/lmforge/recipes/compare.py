@@ -117,8 +117,24 @@ def run_once(name: str, command: list[str], run_dir: Path) -> dict:
     return result
 
 
+MEMORY_NOTE = {
+    "RSS": "resident set size",
+    "GPU": "CUDA memory allocated; the process's RSS is in its report",
+}
+
+
 def _size(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB" if n else "0"
+
+
+def peak_memory_mb(result: dict) -> float:
+    """A row's peak memory: CUDA memory allocated if it ran on a GPU, else its process's RSS."""
+    cuda = result.get("peak_cuda_mb")
+    return cuda if cuda is not None else result["peak_rss_mb"]
+
+
+def memory_kind(results: dict[str, dict]) -> str:
+    return "GPU" if any(r.get("peak_cuda_mb") is not None for r in results.values()) else "RSS"
 
 
 def comparison_table(cfg: CompareConfig, results: dict[str, dict]) -> str:
@@ -128,7 +144,8 @@ def comparison_table(cfg: CompareConfig, results: dict[str, dict]) -> str:
         f"Test split of the seeded split (as `finetune --task classify`); fine-tuning rows trained "
         f"on {cfg.train_subset or 'all'} examples with {' '.join(cfg.overrides) or 'defaults'}; "
         f"the few-shot row uses {cfg.shots} demonstrations. Peak memory is each row's own "
-        "process (RSS). Each row's directory holds its full report.",
+        f"process ({MEMORY_NOTE[memory_kind(results)]}). Each row's directory holds its full "
+        "report.",
         "",
         "| method | test accuracy | macro F1 | trainable parameters | peak memory | wall time "
         "| checkpoint size |",
@@ -138,7 +155,7 @@ def comparison_table(cfg: CompareConfig, results: dict[str, dict]) -> str:
         share = 100 * r["trainable_params"] / max(r["total_params"], 1)
         lines.append(
             f"| {row} | {r['test_accuracy']:.4f} | {r['test_macro_f1']:.4f} | "
-            f"{r['trainable_params']:,} ({share:.3g}%) | {r['peak_rss_mb']:,.0f} MiB | "
+            f"{r['trainable_params']:,} ({share:.3g}%) | {peak_memory_mb(r):,.0f} MiB | "
             f"{r['seconds']:,.0f} s | {_size(r['checkpoint_bytes'])} |"
         )
     return "\n".join(lines) + "\n\n![comparison](comparison.png)\n"
@@ -154,10 +171,10 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, label in (
         (axes[0], "trainable_params", "trainable parameters (log scale; prompting: 1)"),
-        (axes[1], "peak_rss_mb", "peak memory, MiB (RSS)"),
+        (axes[1], "peak_memory", f"peak memory, MiB ({memory_kind(results)})"),
     ):
         for row, r in results.items():
-            x = max(r[key], 1)
+            x = max(peak_memory_mb(r) if key == "peak_memory" else r[key], 1)
             ax.scatter(x, 100 * r["test_accuracy"])
             ax.annotate(
                 row, (x, 100 * r["test_accuracy"]), textcoords="offset points", xytext=(4, 4)

@@ -427,9 +427,7 @@ def main(
         seconds=time.perf_counter() - started,
         feature_seconds=feature_seconds,
         peak_rss_mb=peak_rss_mb(),
-        peak_cuda_mb=(
-            torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-        ),
+        peak_cuda_mb=peak_cuda_mb(device),
         loaded_rss_mb=loaded_rss,
         trained_rss_mb=trained_rss,
         weight_bytes=in_memory,
@@ -509,6 +507,11 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def peak_cuda_mb(device: torch.device) -> float | None:
+    """Peak CUDA memory this process allocated on `device`, in MiB (None off cuda)."""
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def _size(path: Path) -> int:

@@ -19,7 +19,7 @@ from lmforge.errors import UserError
 from lmforge.eval.prompting import PromptClassifier, draw_demonstrations, prompt_format
 from lmforge.fileio import write_json_atomic, write_text_atomic
 from lmforge.models import registry
-from lmforge.recipes.finetune import RESULT_FILE, load_backbone, peak_rss_mb
+from lmforge.recipes.finetune import RESULT_FILE, load_backbone, peak_cuda_mb, peak_rss_mb
 from lmforge.tasks.classify import ClassifyDataConfig, labelled_splits
 
 __all__ = ["ClassifyDataConfig", "PromptClassifyConfig", "main"]
@@ -83,6 +83,7 @@ def main(cfg: PromptClassifyConfig) -> dict:
         "trainable_params": 0,
         "total_params": sum(p.numel() for p in model.parameters()),
         "peak_rss_mb": peak_rss_mb(),
+        "peak_cuda_mb": peak_cuda_mb(device),
         "seconds": time.perf_counter() - started,
         "checkpoint_bytes": 0,
     }
@@ -118,6 +119,11 @@ def _report(
             f"| confusion (rows true, columns predicted) | {metrics.confusion} |",
             f"| wall time | {result['seconds']:.1f} s |",
             f"| peak RSS | {result['peak_rss_mb']:,.0f} MiB |",
+            *(
+                [f"| peak CUDA memory | {result['peak_cuda_mb']:,.0f} MiB |"]
+                if result["peak_cuda_mb"] is not None
+                else []
+            ),
             "",
             "The prompt:",
             "",
