@@ -14,7 +14,7 @@ from lmforge.models import GPT
 from lmforge.train import checkpoint as ckpt
 from lmforge.train.loop import TrainConfig, train
 from lmforge.train.losses import causal_lm_loss
-from lmforge.train.optim import clip_grad_norm
+from lmforge.train.optim import clip_grad_norm, make_adamw
 from lmforge.train.schedule import cosine_lr
 
 
@@ -79,6 +79,26 @@ def test_clip_grad_norm_equals_torch(max_norm):
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a.grad, b.grad)
     assert torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in ours])) <= max_norm + 1e-4
+
+
+@pytest.mark.parametrize("head_scale", [1.0, 0.1])
+def test_head_learning_rate_scales_only_the_head(head_scale):
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.backbone, model.head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = make_adamw(
+        model, 1e-2, 0.0, (0.9, 0.99), device=torch.device("cpu"), head_scale=head_scale
+    )
+    assert len(optimizer.param_groups) == (2 if head_scale == 1.0 else 4)  # as old checkpoints
+    model.head(model.backbone(torch.randn(8, 4))).pow(2).sum().backward()
+    optimizer.step()
+    for name, p in model.named_parameters():  # Adam's first step moves each weight by lr
+        step = (p.detach() - before[name]).abs()
+        lr = 1e-2 * (head_scale if name.startswith("head.") else 1.0)
+        torch.testing.assert_close(step, torch.full_like(step, lr), rtol=1e-3, atol=1e-7)
+    with pytest.raises(ValueError, match="head_lr"):
+        TrainConfig(head_lr=-1.0)
 
 
 def test_loss_falls(tmp_path):

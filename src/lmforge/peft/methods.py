@@ -233,7 +233,7 @@ METHODS: dict[str, Method] = {
         "prompt",
         prepare_prompt,
         "a soft prompt of virtual tokens before the input trained, the model frozen",
-        train_defaults={**_PEFT_DEFAULTS, "lr": 3e-2, "min_lr": 3e-3},
+        train_defaults={**_PEFT_DEFAULTS, "lr": 3e-2, "min_lr": 3e-3, "head_lr": 1e-3},
         adapter_settings=prompt_settings,
         finalize=remove_adapters,
     ),

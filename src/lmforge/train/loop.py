@@ -58,6 +58,10 @@ class TrainConfig:
     """Peak learning rate."""
     min_lr: float = 1e-4
     """Learning rate at the end of the cosine decay."""
+    head_lr: float = 0.0
+    """Peak learning rate of a task model's `head` (a fresh layer), when it must differ from `lr`
+    (prompt tuning's large step would throw a fresh head about); 0 = `lr`. It follows the same
+    schedule, scaled by head_lr / lr."""
     warmup_steps: int = 100
     """Linear warmup steps."""
     decay_steps: int | None = None
@@ -113,6 +117,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError("need 0 <= train.min_lr <= train.lr and train.lr > 0")
+        if self.head_lr < 0:
+            raise ValueError(f"train.head_lr must be >= 0 (0 = train.lr), got {self.head_lr}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("train.beta1 and train.beta2 must be in [0, 1)")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
@@ -226,7 +232,11 @@ def train(
             f"{context}; lower train.block_size or raise model.max_seq_len"
         )
     model.to(device).train()
-    optimizer = make_adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2), device=device)
+    head_scale = cfg.head_lr / cfg.lr if cfg.head_lr else 1.0
+    betas = (cfg.beta1, cfg.beta2)
+    optimizer = make_adamw(
+        model, cfg.lr, cfg.weight_decay, betas, device=device, head_scale=head_scale
+    )
     trained = [p for group in optimizer.param_groups for p in group["params"]]
 
     start_step, tokens_seen, elapsed_before = 0, 0, 0.0
@@ -294,7 +304,7 @@ def train(
     for step in range(start_step, cfg.max_steps):
         lr = cosine_lr(step, cfg.lr, cfg.min_lr, cfg.warmup_steps, decay_steps)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # older checkpoints: none
         for micro in range(cfg.grad_accum):
             gen = batch_generator(cfg.seed, dist.rank, step, micro, cfg.grad_accum)
             batch = data.get_batch("train", cfg.batch_size, cfg.block_size, gen)

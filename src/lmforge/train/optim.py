@@ -1,7 +1,8 @@
 """AdamW (Loshchilov & Hutter, 2019) with weight-decay groups.
 
 Matrices (linear and embedding weights) are decayed; biases and normalisation gains are not, as in
-GPT-2/nanoGPT: decaying a gain or a bias towards zero only fights the normalisation.
+GPT-2/nanoGPT: decaying a gain or a bias towards zero only fights the normalisation. A task
+model's `head` may take its own learning rate: each group's `lr_scale` multiplies the schedule's.
 """
 
 from __future__ import annotations
@@ -9,18 +10,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+HEAD_PREFIX = "head."
+"""Parameters under a task model's `head` module (models/heads.py)."""
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    seen: set[int] = set()
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
+
+def param_groups(model: nn.Module, weight_decay: float, head_scale: float = 1.0) -> list[dict]:
+    """Trainable parameters in the groups they train in, each with its `weight_decay` and
+    `lr_scale`: matrices (decayed), then the rest; with a `head_scale` other than 1, the head's
+    matrices and the rest of the head in two more groups."""
+    own_head = head_scale != 1.0
+    groups: list[list[nn.Parameter]] = [[], [], [], []]
+    for name, p in model.named_parameters():  # a shared parameter comes once
+        if p.requires_grad:
+            in_head = own_head and name.startswith(HEAD_PREFIX)
+            groups[2 * in_head + (p.dim() < 2)].append(p)
+    kinds = [(weight_decay, 1.0), (0.0, 1.0), (weight_decay, head_scale), (0.0, head_scale)]
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": params, "weight_decay": decay, "lr_scale": scale}
+        for params, (decay, scale) in zip(groups[: 4 if own_head else 2], kinds)
     ]
 
 
@@ -31,13 +38,16 @@ def make_adamw(
     betas: tuple[float, float],
     eps: float = 1e-8,
     device: torch.device | None = None,
+    head_scale: float = 1.0,
 ) -> torch.optim.AdamW:
-    """AdamW with the fused (single-kernel) update where the device supports it."""
+    """AdamW with the fused (single-kernel) update where the device supports it; the head's
+    learning rate is `head_scale` x lr."""
     kind = (device or next(model.parameters()).device).type
     fused = kind in ("cuda", "cpu", "mps")
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=fused
-    )
+    groups = param_groups(model, weight_decay, head_scale)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
