@@ -108,6 +108,10 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
 
 
+BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The linear layers of a transformer block, in every family (no gate_proj without a gated MLP)."""
+
+
 def matches(name: str, patterns: list[str]) -> bool:
     """True if the module name matches a pattern: a glob over the whole dotted name
     ("layers.*.attn.q_proj"), or over its trailing components ("q_proj", "attn.*_proj")."""

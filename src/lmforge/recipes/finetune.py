@@ -54,6 +54,7 @@ from lmforge.fileio import write_json_atomic, write_text_atomic
 from lmforge.models import registry
 from lmforge.models.loading import check_vocab
 from lmforge.peft import Method, get_method, save_adapter
+from lmforge.peft.lora import BLOCK_LINEARS
 from lmforge.peft.methods import backbone_of
 from lmforge.peft.nf4 import count_weights, weight_bytes
 from lmforge.tasks import ClassifyDataConfig, Task, TaskSetup, get_task
@@ -83,8 +84,10 @@ class LoRAConfig:
     """The update is scaled by alpha / rank."""
     dropout: float = 0.05
     """Dropout on the adapters' input."""
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    """Linear layers to adapt, by name or glob (`q_proj`, `attn.*_proj`, `layers.1.*`)."""
+    targets: list[str] = field(default_factory=lambda: list(BLOCK_LINEARS))
+    """Linear layers to adapt, by name or glob (`q_proj`, `attn.*_proj`, `layers.1.*`); by default
+    every linear layer of the blocks, which QLoRA (Dettmers et al., 2023, sec. 4) found needed to
+    match full fine-tuning (the LoRA paper's `q_proj,v_proj` trains fewer)."""
 
     def __post_init__(self) -> None:
         if self.rank < 1:
