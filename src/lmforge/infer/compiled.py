@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import UserError
+from lmforge.infer import fast_linear
 from lmforge.models import registry
 from lmforge.nn import StaticKVCache
 
@@ -52,6 +53,8 @@ class CompiledDecodeStep:
     clear line."""
 
     def __init__(self, device_type: str) -> None:
+        # a compiled step keeps the thread count it saw rather than tracing a call into torch
+        fast_linear.thread_count = torch.compiler.assume_constant_result(fast_linear.thread_count)
         options = {"cpp_wrapper": True} if device_type == "cpu" else {}
         self.step = torch.compile(one_token_step, fullgraph=True, options=options)
 

@@ -79,7 +79,7 @@ def thread_split_product(
     """x (rows, in) times weight (out, in) transposed, as one weight block per thread: (rows, out)."""
     out_features, in_features = weight.shape
     rows = x.size(0)
-    blocks = _thread_count()
+    blocks = thread_count()
     if out_features % blocks:
         blocks = 1
     size = out_features // blocks
@@ -91,8 +91,10 @@ def thread_split_product(
     return y.t().contiguous() if rows > 1 else y.view(1, -1)  # (rows, out), rows contiguous
 
 
-@torch.compiler.assume_constant_result  # a compiled decoding step keeps the count it saw
-def _thread_count() -> int:
+def thread_count() -> int:
+    """Threads the products are split over. Compiled decoding marks it a constant of its graph
+    (`infer/compiled.py`), here not at import: that would import TorchDynamo (seconds) into every
+    command."""
     return torch.get_num_threads()
 
 
