@@ -120,17 +120,24 @@ def read_labelled_file(
     return texts, labels, {"name": path.name, "path": str(path)}
 
 
-def read_jsonl_file(path: str | Path, builtin: Iterable[str], unit: str = "examples") -> list[dict]:
-    """The rows of a user's JSON Lines data file, after the checks every reader makes: it
-    exists (else the built-in names are offered), is a file, is .jsonl / .json, holds rows."""
+def check_data_file(path: str | Path, builtin: Iterable[str], expected: str, use: str) -> Path:
+    """`path` as a Path once it names an existing .jsonl / .json file; else one clear line that
+    says what was `expected` (offering the built-in names) or which format to `use`."""
     path = Path(path)
     if not path.exists():
         known = ", ".join(builtin)
-        raise UserError(f"data file not found: {path}; pass a .jsonl file or one of: {known}")
+        raise UserError(f"data file not found: {path}; pass {expected} or one of: {known}")
     if path.is_dir():
-        raise UserError(f"expected a .jsonl file but {path} is a directory")
+        raise UserError(f"expected {expected} but {path} is a directory")
     if not path.name.lower().endswith((".jsonl", ".json")):
-        raise UserError(f"unknown data format of {path}: use .jsonl (one JSON object per line)")
+        raise UserError(f"unknown data format of {path}: use {use}")
+    return path
+
+
+def read_jsonl_file(path: str | Path, builtin: Iterable[str], unit: str = "examples") -> list[dict]:
+    """The rows of a user's JSON Lines data file, after the checks every reader makes: it
+    exists (else the built-in names are offered), is a file, is .jsonl / .json, holds rows."""
+    path = check_data_file(path, builtin, "a .jsonl file", ".jsonl (one JSON object per line)")
     rows = _read_jsonl(path)
     if not rows:
         raise UserError(f"data file {path} holds no {unit}")

@@ -45,6 +45,7 @@ from lmforge.data.classification import (
     SPLITS,
     IndexedBatches,
     _read_jsonl,
+    check_data_file,
     pad_right,
 )
 from lmforge.data.shakespeare_speakers import speaker_questions
@@ -165,14 +166,7 @@ def examples_from_squad(document: dict, name: str) -> list[QAExample]:
 
 def read_qa_file(path: str | Path) -> tuple[list[QAExample], dict]:
     """(questions, source record) of a .jsonl file of rows or a SQuAD v1.1 .json file."""
-    path = Path(path)
-    if not path.exists():
-        known = ", ".join(BUILTIN)
-        raise UserError(f"data file not found: {path}; pass a .jsonl or .json file or {known}")
-    if path.is_dir():
-        raise UserError(f"expected a .jsonl or .json file but {path} is a directory")
-    if not path.name.lower().endswith((".jsonl", ".json")):
-        raise UserError(f"unknown data format of {path}: use .jsonl rows or SQuAD .json")
+    path = check_data_file(path, BUILTIN, "a .jsonl or .json file", ".jsonl rows or SQuAD .json")
     try:
         text = path.read_text(encoding="utf-8").lstrip()
     except UnicodeDecodeError:
