@@ -169,12 +169,16 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, label in (
-        (axes[0], "trainable_params", "trainable parameters (log scale; prompting: 1)"),
-        (axes[1], "peak_memory", f"peak memory, MiB ({memory_kind(results)})"),
+    for ax, cost, label in (
+        (
+            axes[0],
+            lambda r: r["trainable_params"],
+            "trainable parameters (log scale; prompting: 1)",
+        ),
+        (axes[1], peak_memory_mb, f"peak memory, MiB ({memory_kind(results)})"),
     ):
         for row, r in results.items():
-            x = max(peak_memory_mb(r) if key == "peak_memory" else r[key], 1)
+            x = max(cost(r), 1)
             ax.scatter(x, 100 * r["test_accuracy"])
             ax.annotate(
                 row, (x, 100 * r["test_accuracy"]), textcoords="offset points", xytext=(4, 4)
