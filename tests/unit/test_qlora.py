@@ -45,7 +45,7 @@ def ids(vocab: int, seed: int = 0) -> torch.Tensor:
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float(((a - b).norm() / b.norm()).detach())
 
 
 def test_an_lmforge_directory_loads_quantized_and_close(base_dir):
