@@ -7,6 +7,7 @@ subclassing the model.
     bottleneck.py     Houlsby bottleneck adapters after attention and MLP (Houlsby et al., 2019)
     prompt.py         a soft prompt of virtual tokens before the input (Lester et al., 2021)
     adapter_files.py  every kind of adapter saved alone with its base's fingerprint, loaded back
+    standardize.py    the feature method's head trained on standardized features, then folded
 """
 
 from lmforge.peft.adapter_files import (
@@ -28,6 +29,7 @@ from lmforge.peft.methods import (
 from lmforge.peft.nf4 import NF4Linear
 from lmforge.peft.prompt import PromptTuned
 from lmforge.peft.qlora import load_quantized
+from lmforge.peft.standardize import StandardizedHead
 
 __all__ = [
     "METHODS",
@@ -35,6 +37,7 @@ __all__ = [
     "Method",
     "NF4Linear",
     "PromptTuned",
+    "StandardizedHead",
     "WithAdapter",
     "apply_adapters",
     "apply_lora",

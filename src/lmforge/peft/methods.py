@@ -11,8 +11,9 @@ acts on. The recipe (recipes/finetune.py) then trains whatever is trainable with
   or T5's decoder under a classifier, stay frozen so the counts say what is really trained).
 - `feature` (feature-based transfer; Peters et al., 2019, "To Tune or Not to Tune?"; the linear
   probe of Radford et al., 2021, CLIP, section 3.2): the backbone is frozen and run once; its pooled
-  features of every example are cached in memory and only the head is trained on them. A step
-  then costs one small matrix product instead of a forward and backward pass through the model.
+  features of every example are cached in memory and only the head is trained on them,
+  standardized (peft/standardize.py). A step then costs one small matrix product instead of a
+  forward and backward pass through the model, so the defaults train longer at a higher rate.
 - `lora` (Hu et al., 2021; peft/lora.py): low-rank adapters wrap the linear layers named by
   `lora.targets`; they (and a task head) train.
 - `qlora` (Dettmers et al., 2023; peft/qlora.py, nf4.py): LoRA over a base loaded in 4-bit NF4,
@@ -202,7 +203,7 @@ METHODS: dict[str, Method] = {
         prepare_feature,
         "backbone frozen and run once (features cached), head trained",
         cached_features=True,
-        train_defaults={**_PEFT_DEFAULTS, "max_steps": 1000},
+        train_defaults={"lr": 1e-2, "min_lr": 1e-3, "weight_decay": 0.0, "max_steps": 2000},
     ),
     "lora": Method(
         "lora",

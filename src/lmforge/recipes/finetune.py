@@ -398,6 +398,8 @@ def main(
     )
 
     metrics = {s: task.evaluate(train_model, eval_data, s, device, dtype) for s in ("val", "test")}
+    if hasattr(train_model, "fold"):  # a head trained on standardized features: the model's own
+        train_model.fold()
     perplexity_after = measure_original(cfg, model, tokenizer, corpora, device)
     final = {"step": result.steps}
     for split, m in metrics.items():

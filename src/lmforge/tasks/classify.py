@@ -4,7 +4,8 @@ Data (data/classification.py): Rotten Tomatoes (built in) or a JSONL/CSV file of
 split by a seed; the head (models/heads.py): dropout and one linear layer on the pooled final
 hidden states; the loss: cross-entropy over the labels; the metrics (eval/classification.py):
 accuracy and macro F1, next to the majority-class baseline. The feature method caches the frozen
-backbone's pooled features once (peft/methods.py `cache_features`). The result is saved as a
+backbone's pooled features once (peft/methods.py `cache_features`) and trains the head on them
+standardized (peft/standardize.py). The result is saved as a
 classifier directory that `lmforge classify` reads.
 """
 
@@ -84,12 +85,12 @@ class ClassifyTask(Task):
         return classification_metrics(predicted, truth, model.num_labels)
 
     def cache_features(self, setup, device, dtype, show_progress):
-        from lmforge.peft import cache_features
+        from lmforge.peft import StandardizedHead, cache_features
 
         features = cache_features(
             setup.model, setup.data, device, dtype, show_progress=show_progress
         )
-        return setup.model.head, features
+        return StandardizedHead(setup.model.head, features.features["train"]), features
 
     def save(self, model, run_dir: Path, tokenizer, info: dict) -> tuple[str, ...]:
         save_classifier(model, run_dir, tokenizer, info)

@@ -162,10 +162,13 @@ class TagTask(Task):
         )
 
     def cache_features(self, setup, device, dtype, show_progress):
+        from lmforge.peft import StandardizedHead
+
         features = cache_word_features(
             setup.model, setup.data, device, dtype, show_progress=show_progress
         )
-        return setup.model.head, features
+        words = torch.cat(features.features["train"])  # (words of the training split, C)
+        return StandardizedHead(setup.model.head, words), features
 
     def save(self, model, run_dir: Path, tokenizer, info: dict) -> tuple[str, ...]:
         save_tagger(model, run_dir, tokenizer, info)
