@@ -62,6 +62,18 @@ def metric_records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def saved_classifier_accuracy(run: Path, data_file: Path) -> float:
+    """Test accuracy of the classifier saved in `run` on the default seeded split of `data_file`:
+    what the run reported, if the saved model is the one it scored."""
+    from lmforge.data.classification import load_labelled_splits
+    from lmforge.recipes.classify import load_classifier
+
+    splits = load_labelled_splits(str(data_file))
+    predicted = [p.label for p in load_classifier(run)(splits.texts["test"])]
+    truth = [splits.label_names[i] for i in splits.labels["test"]]
+    return sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+
+
 def cli_fails(args: list[str], capsys, match: str) -> None:
     """`lmforge ARGS` exits with status 2 and one `error: ...` line on stderr containing `match`."""
     from lmforge.cli import main as cli

@@ -7,10 +7,15 @@ import random
 
 import pytest
 import torch
-from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
+from helpers import (
+    cli_fails,
+    metric_records,
+    saved_classifier_accuracy,
+    tiny_model_dir,
+    write_jsonl,
+)
 
 from lmforge.cli import main as cli
-from lmforge.data.classification import load_labelled_splits
 from lmforge.models.loading import load_model
 from lmforge.recipes.classify import load_classifier
 
@@ -121,11 +126,7 @@ def test_feature_method_trains_the_head_on_cached_features(tmp_path, full_run, d
     assert "method: feature" in saved and "max_steps: 150" in saved
     # the head trained on standardized features is saved folded: it reads raw features and
     # scores the test split as the run reported
-    test = load_labelled_splits(str(dataset))
-    predicted = [p.label for p in load_classifier(run)(test.texts["test"])]
-    truth = [test.label_names[i] for i in test.labels["test"]]
-    accuracy = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
-    assert accuracy == pytest.approx(recs[-1]["test_accuracy"])
+    assert saved_classifier_accuracy(run, dataset) == pytest.approx(recs[-1]["test_accuracy"])
 
 
 def test_lora_trains_only_its_adapters_and_saves_a_plain_model(

@@ -8,7 +8,13 @@ import random
 
 import pytest
 import torch
-from helpers import cli_fails, metric_records, tiny_model_dir, write_jsonl
+from helpers import (
+    cli_fails,
+    metric_records,
+    saved_classifier_accuracy,
+    tiny_model_dir,
+    write_jsonl,
+)
 
 from lmforge.cli import main as cli
 from lmforge.models.loading import load_model, save_model
@@ -130,6 +136,9 @@ def test_houlsby_adapters_learn_and_their_run_loads_with_them(
     classifier = load_classifier(run)
     good, bad = classifier(["the film was good", "the film was bad"])
     assert (good.label, bad.label) == ("pos", "neg")
+    # the saved classifier (base, soft prompt beside it, head) scores as the run reported
+    reported = metric_records(run)[-1]["test_accuracy"]
+    assert saved_classifier_accuracy(run, dataset) == pytest.approx(reported)
 
     # export: the lmforge format keeps the adapters; formats without a place for them refuse
     out = tmp_path / "kept"

@@ -59,3 +59,10 @@ class StandardizedHead(nn.Module):
         linear.bias -= weight @ self.mean.to(weight.dtype)
         linear.weight.copy_(weight)
         return self.head
+
+
+def fold_standardized_head(model: nn.Module) -> None:
+    """Put back the plain head of a model whose head was trained standardized (in place)."""
+    head = getattr(model, "head", None)
+    if isinstance(head, StandardizedHead):
+        model.head = head.fold()

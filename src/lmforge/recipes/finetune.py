@@ -57,6 +57,7 @@ from lmforge.peft import Method, get_method, save_adapter
 from lmforge.peft.lora import BLOCK_LINEARS
 from lmforge.peft.methods import backbone_of
 from lmforge.peft.nf4 import count_weights, weight_bytes
+from lmforge.peft.standardize import fold_standardized_head
 from lmforge.tasks import ClassifyDataConfig, Task, TaskSetup, get_task
 from lmforge.tasks.base import Metrics
 from lmforge.train import checkpoint as ckpt
@@ -398,8 +399,7 @@ def main(
     )
 
     metrics = {s: task.evaluate(train_model, eval_data, s, device, dtype) for s in ("val", "test")}
-    if hasattr(train_model, "fold"):  # a head trained on standardized features: the model's own
-        train_model.fold()
+    fold_standardized_head(model)  # the plain head again, reading raw features
     perplexity_after = measure_original(cfg, model, tokenizer, corpora, device)
     final = {"step": result.steps}
     for split, m in metrics.items():

@@ -107,9 +107,9 @@ class Task:
         self, setup: TaskSetup, device: torch.device, dtype: torch.dtype, show_progress: bool
     ) -> tuple[nn.Module, Any] | None:
         """For the feature method: (head, batches of cached backbone features) to train instead of
-        the whole model, or None where the task runs the frozen backbone at every step. A head
-        with a `fold()` method (peft/standardize.py) is folded into the model's own head once
-        trained and scored."""
+        the whole model, or None where the task runs the frozen backbone at every step. The head
+        may be the model's head standardized (peft/standardize.py): it is folded back once trained
+        and scored."""
         return None
 
     def save(self, model: nn.Module, run_dir: Path, tokenizer, info: dict) -> tuple[str, ...]:

@@ -90,7 +90,8 @@ class ClassifyTask(Task):
         features = cache_features(
             setup.model, setup.data, device, dtype, show_progress=show_progress
         )
-        return StandardizedHead(setup.model.head, features.features["train"]), features
+        setup.model.head = StandardizedHead(setup.model.head, features.features["train"])
+        return setup.model.head, features
 
     def save(self, model, run_dir: Path, tokenizer, info: dict) -> tuple[str, ...]:
         save_classifier(model, run_dir, tokenizer, info)

@@ -168,7 +168,8 @@ class TagTask(Task):
             setup.model, setup.data, device, dtype, show_progress=show_progress
         )
         words = torch.cat(features.features["train"])  # (words of the training split, C)
-        return StandardizedHead(setup.model.head, words), features
+        setup.model.head = StandardizedHead(setup.model.head, words)
+        return setup.model.head, features
 
     def save(self, model, run_dir: Path, tokenizer, info: dict) -> tuple[str, ...]:
         save_tagger(model, run_dir, tokenizer, info)
