@@ -5,8 +5,8 @@ split by a seed; the head (models/heads.py): dropout and one linear layer on the
 hidden states; the loss: cross-entropy over the labels; the metrics (eval/classification.py):
 accuracy and macro F1, next to the majority-class baseline. The feature method caches the frozen
 backbone's pooled features once (peft/methods.py `cache_features`) and trains the head on them
-standardized (peft/standardize.py). The result is saved as a
-classifier directory that `lmforge classify` reads.
+standardized (peft/standardize.py). The result is saved as a classifier directory that
+`lmforge classify` reads.
 """
 
 from __future__ import annotations
