@@ -136,7 +136,7 @@ def test_houlsby_adapters_learn_and_their_run_loads_with_them(
     classifier = load_classifier(run)
     good, bad = classifier(["the film was good", "the film was bad"])
     assert (good.label, bad.label) == ("pos", "neg")
-    # the saved classifier (base, soft prompt beside it, head) scores as the run reported
+    # the saved classifier (base, adapters rebuilt beside it, head) scores as the run reported
     reported = metric_records(run)[-1]["test_accuracy"]
     assert saved_classifier_accuracy(run, dataset) == pytest.approx(reported)
 
@@ -166,6 +166,9 @@ def test_prompt_tuning_a_classifier_trains_the_prompt_and_head(tuned_base, datas
     assert isinstance(classifier.model.backbone, PromptTuned)
     good, bad = classifier(["the film was good", "the film was bad"])
     assert (good.label, bad.label) == ("pos", "neg")
+    # the saved classifier (base, soft prompt beside it, head) scores as the run reported
+    reported = metric_records(run)[-1]["test_accuracy"]
+    assert saved_classifier_accuracy(run, dataset) == pytest.approx(reported)
 
 
 @pytest.fixture(scope="module")
